@@ -1,0 +1,1 @@
+"""Models: the LightningDOT towers (``encoders.lightningdot``) and region-feature extraction (``encoders.regions``)."""

@@ -1,0 +1,99 @@
+"""Read LightningDOT checkpoints in their published layouts into a ``BiEncoder`` state dict.
+
+Layouts (see ../shared/DESIGN.md):
+- fine-tuned (``coco-ft.pt``, ``flickr-ft.pt``): ``{"model_dict": {img_model.*, txt_model.*}, optimizer...}``;
+- pre-trained (``LightningDot.pt``): a flat dict, BiEncoder keys under ``bert.``, plus pre-training heads;
+- ours (``LightningDOT.save``): the fine-tuned layout plus ``{"config": {...}}``.
+Loading is ``weights_only=True``: a checkpoint can hold tensors and plain containers, never code.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+
+PRETRAIN_HEADS = ("cls.", "feat_regress.", "region_classifier.", "itm_output.")
+# Present in some checkpoints and meaningless for inference: dropped when present, fine when absent.
+_IGNORABLE = re.compile(
+    r"^(img|txt)_model\.bert\.(embeddings\.(position_ids|token_type_ids)|pooler\.dense\.(weight|bias))$"
+)
+# Ours but unused at inference: fine when a checkpoint lacks it.
+_OPTIONAL = re.compile(r"^img_model\.bert\.img_embeddings\.mask_embedding\.weight$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a LightningDOT model of the configured size."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load from a local path or any fsspec URL, tensors only."""
+    try:
+        if "://" not in str(path):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        with fsspec.open(str(path), "rb") as f:
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # pickle errors, truncated zip files, non-checkpoint files
+        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {e}") from e
+
+
+def extract_state_dict(raw: Mapping[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Return the BiEncoder tensors of either published layout, keyed as ``img_model.*`` / ``txt_model.*``."""
+    if "model_dict" in raw:
+        state = raw["model_dict"]
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{source}: 'model_dict' is a {type(state).__name__}, not a dict of tensors")
+        return {k: v for k, v in state.items()}
+    if any(k.startswith("bert.img_model.") for k in raw):
+        state, foreign = {}, []
+        for key, value in raw.items():
+            if key.startswith("bert."):
+                state[key[len("bert."):]] = value
+            elif not key.startswith(PRETRAIN_HEADS):
+                foreign.append(key)
+        if foreign:
+            raise CheckpointError(f"{source}: unexpected keys in a pre-trained checkpoint: {_names(foreign)}")
+        return state
+    if any(k.startswith("img_model.") for k in raw):
+        return dict(raw)
+    raise CheckpointError(
+        f"{source}: not a LightningDOT checkpoint: expected 'model_dict' (fine-tuned), 'bert.img_model.*' "
+        f"(pre-trained) or 'img_model.*' keys; top-level keys are {_names(list(raw))}"
+    )
+
+
+def match_state_dict(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Check names and shapes against the model's; return what to load. Errors name every offending key."""
+    state = {k: v for k, v in state.items() if not _IGNORABLE.match(k)}
+    missing = [k for k in expected if k not in state and not _OPTIONAL.match(k)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and (not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(expected[k].shape))
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch: {_names(wrong)}")
+    if problems:
+        hint = " (is --encoder-config the size this checkpoint was trained with?)" if wrong else ""
+        raise CheckpointError(f"{source}: " + "; ".join(problems) + hint)
+    return dict(state)
+
+
+def _names(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")

@@ -1,0 +1,199 @@
+"""LightningDOT: load a checkpoint once, then encode images (region features) and texts in batches.
+
+This is the stable Python API other stages and outside checks use::
+
+    model = LightningDOT.from_checkpoint(path, config=None, device="cpu")
+    img = model.encode_images(features, boxes, num_boxes)  # [B,N,2048], [B,N,6|7], [B] -> [B,768] float32
+    txt = model.encode_texts(input_ids, attention_mask)    # [B,L], [B,L] -> [B,768] float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+
+from encoders.batching import length_buckets
+from encoders.checkpoint import CheckpointError, extract_state_dict, match_state_dict, read_checkpoint
+from encoders.config import EncoderConfig
+from encoders.tokenizer import WordPieceTokenizer, find_vocab
+from encoders.towers import BiEncoder, add_box_area
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ArrayLike = np.ndarray | torch.Tensor
+
+
+class LightningDOT:
+    """Both towers in eval mode, on one device, with a fingerprint of weights + config for provenance."""
+
+    def __init__(self, model: BiEncoder, config: EncoderConfig, *, device: str = "cpu", dtype: str = "float32",
+                 source: str = "", random_seed: int | None = None, vocab: str | None = None) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.source = source
+        self.random_seed = random_seed
+        self.vocab = vocab
+        self.model = model.eval().to(self.device, self.dtype)
+        self._fingerprint: str | None = None
+        self._tokenizer: WordPieceTokenizer | None = None
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: str | Path | dict | EncoderConfig | None = None,
+                        device: str = "cpu", dtype: str = "float32", vocab: str | None = None) -> LightningDOT:
+        """Load either published layout (or ours). ``config=None``: the config saved in the checkpoint if it
+        carries one (``LightningDOT.save``), else the published BERT-base size."""
+        raw = read_checkpoint(path)
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
+        if config is None and isinstance(raw.get("config"), dict):
+            config = raw["config"]
+        cfg = EncoderConfig.load(config)
+        model = BiEncoder(cfg)
+        state = match_state_dict(extract_state_dict(raw, str(path)), model.state_dict(), str(path))
+        model.load_state_dict(state, strict=False)  # strictness is enforced (with names) by match_state_dict
+        return cls(model, cfg, device=device, dtype=dtype, source=str(path), vocab=vocab)
+
+    @classmethod
+    def random(cls, config: str | Path | dict | EncoderConfig | None = None, seed: int = 0, device: str = "cpu",
+               dtype: str = "float32", vocab: str | None = None) -> LightningDOT:
+        """Explicit random weights (BERT's N(0, 0.02) init) for smoke runs and tests; never silently."""
+        cfg = EncoderConfig.load(config)
+        gen = torch.Generator().manual_seed(seed)
+        model = BiEncoder(cfg)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+                elif isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+        return cls(model, cfg, device=device, dtype=dtype, source=f"random:seed={seed}", random_seed=seed, vocab=vocab)
+
+    def save(self, path: str | Path) -> None:
+        """Write the fine-tuned layout (``model_dict``) plus our config, loadable by ``from_checkpoint``."""
+        state = {k: v.detach().to("cpu", torch.float32) for k, v in self.model.state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save({"model_dict": state, "config": self.config.to_dict()}, buffer)
+        with fsspec.open(str(path), "wb") as f:
+            f.write(buffer.getvalue())
+
+    # ---- provenance ---------------------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of config + every tensor (name, shape, float32 bytes); stable across save/load and layouts."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                if name.endswith("mask_embedding.weight"):
+                    continue  # unused at inference; absent from some checkpoints
+                t = tensor.detach().to("cpu", torch.float32).contiguous()
+                h.update(name.encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.numpy().tobytes())
+            prefix = "random-" if self.random_seed is not None else ""
+            self._fingerprint = f"ldot-{prefix}{h.hexdigest()[:16]}"
+        return self._fingerprint
+
+    # ---- encoding -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_images(self, features: ArrayLike, boxes: ArrayLike, num_boxes: ArrayLike,
+                      batch_size: int = 64) -> np.ndarray:
+        """[B,N,F] features, [B,N,6|7] normalised boxes, [B] box counts -> [B, D] float32.
+
+        Rows are regrouped by box count and each group is trimmed to its own longest image, so padding costs
+        nothing and an image's embedding does not depend on its batch-mates.
+        """
+        feats = torch.as_tensor(features)
+        bxs = torch.as_tensor(boxes)
+        counts = torch.as_tensor(num_boxes).long().reshape(-1)
+        self._check_image_inputs(feats, bxs, counts)
+        out = np.empty((feats.shape[0], self.config.project_dim), dtype=np.float32)
+        for idx in length_buckets(counts.numpy(), batch_size):
+            width = int(counts[idx].max())
+            sel = torch.as_tensor(idx)
+            f = feats[sel, :width].to(self.device, self.dtype)
+            b = add_box_area(bxs[sel, :width].to(self.device, torch.float32)).to(self.dtype)
+            mask = (torch.arange(width)[None, :] < counts[sel][:, None]).to(self.device)
+            f = f * mask[..., None]  # padding contributes nothing, whatever the caller left there
+            out[idx] = self.model.img_model(f, b, mask.long()).float().cpu().numpy()
+        return out
+
+    def encode_regions(self, features: list[ArrayLike], boxes: list[ArrayLike], batch_size: int = 64) -> np.ndarray:
+        """Ragged convenience: one [N_i,F] and one [N_i,6|7] array per image -> [B, D]."""
+        if len(features) != len(boxes):
+            raise ValueError(f"{len(features)} feature arrays but {len(boxes)} box arrays")
+        if not features:
+            return np.empty((0, self.config.project_dim), dtype=np.float32)
+        counts = np.array([len(f) for f in features])
+        width, box_dim = int(counts.max()), np.asarray(boxes[0]).shape[-1]
+        feats = np.zeros((len(features), width, self.config.feature_dim), dtype=np.float32)
+        bxs = np.zeros((len(features), width, box_dim), dtype=np.float32)
+        for i, (f, b) in enumerate(zip(features, boxes, strict=True)):
+            feats[i, : len(f)] = np.asarray(f, dtype=np.float32)
+            bxs[i, : len(b)] = np.asarray(b, dtype=np.float32)
+        return self.encode_images(feats, bxs, counts, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def encode_texts(self, input_ids: ArrayLike, attention_mask: ArrayLike, batch_size: int = 128) -> np.ndarray:
+        """[B,L] token ids (``[CLS] … [SEP]``), [B,L] 0/1 mask -> [B, D] float32, length-bucketed."""
+        ids = torch.as_tensor(input_ids).long()
+        mask = torch.as_tensor(attention_mask).long()
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must be [B, L]")
+        if ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"texts of {ids.shape[1]} tokens exceed {self.config.max_position_embeddings} positions")
+        if ids.numel() and int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} is outside the vocab of {self.config.vocab_size}")
+        lengths = mask.sum(1)
+        out = np.empty((ids.shape[0], self.config.project_dim), dtype=np.float32)
+        for idx in length_buckets(lengths.numpy(), batch_size):
+            sel = torch.as_tensor(idx)
+            width = max(int(lengths[sel].max()), 1)
+            emb = self.model.txt_model(ids[sel, :width].to(self.device), mask[sel, :width].to(self.device))
+            out[idx] = emb.float().cpu().numpy()
+        return out
+
+    def tokenizer(self, lowercase: bool = False) -> WordPieceTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = WordPieceTokenizer(find_vocab(self.vocab, self.source or None), lowercase=lowercase,
+                                                 max_length=self.config.max_position_embeddings)
+        return self._tokenizer
+
+    def encode_captions(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """Raw strings -> [B, D], tokenized with the model's vocab (see ``encoders.tokenizer.find_vocab``)."""
+        ids, mask = self.tokenizer().encode(texts)
+        return self.encode_texts(ids, mask, batch_size=batch_size)
+
+    def _check_image_inputs(self, feats: torch.Tensor, boxes: torch.Tensor, counts: torch.Tensor) -> None:
+        if feats.ndim != 3 or feats.shape[-1] != self.config.feature_dim:
+            raise ValueError(f"features must be [B, N, {self.config.feature_dim}], got {tuple(feats.shape)}")
+        if boxes.ndim != 3 or boxes.shape[:2] != feats.shape[:2] or boxes.shape[-1] not in (6, 7):
+            raise ValueError(f"boxes must be [B, N, 6 or 7] matching features {tuple(feats.shape[:2])}, "
+                             f"got {tuple(boxes.shape)}")
+        if counts.shape[0] != feats.shape[0]:
+            raise ValueError(f"num_boxes has {counts.shape[0]} entries for {feats.shape[0]} images")
+        if counts.numel() and (int(counts.min()) < 1 or int(counts.max()) > feats.shape[1]):
+            raise ValueError(f"num_boxes must be in 1..{feats.shape[1]}, got {counts.min()}..{counts.max()}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "source": self.source, "config": self.config.to_dict(),
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}

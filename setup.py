@@ -1,0 +1,42 @@
+"""lightningdot-index: offline LightningDOT image embeddings and sharded FAISS indexes, as a Beam pipeline.
+
+This file is also what Dataflow ships to workers (``--setup_file ./setup.py``): every package and config
+the pipeline needs must be listed here or in MANIFEST.in.
+"""
+
+from setuptools import find_packages, setup
+
+PACKAGES = ["pipeline", "transforms", "encoders", "jobs", "index", "evaluation", "features"]
+
+setup(
+    name="lightningdot-index",
+    version="0.1.0",
+    description="Offline indexing pipeline for LightningDOT image-text retrieval",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=[p for name in PACKAGES for p in (name, f"{name}.*")]),
+    include_package_data=True,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "apache-beam==2.77.0",
+        "faiss-cpu==1.15.1",
+        "pyarrow==25.0.1",
+        "numpy==2.4.6",
+        "pillow==12.3.0",
+        "fsspec==2026.9.0",
+        "click==8.5.1",
+        "tokenizers==0.23.3",
+        "pyyaml==6.0.4",
+        "lmdb==3.0.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest==9.2.0",
+            "ruff==0.17.6",
+            "scikit-image==0.26.0",
+            "transformers==5.24.0",
+        ],
+        "bench": ["autofaiss==2.18.0", "psutil"],
+    },
+    entry_points={"console_scripts": ["ldot=jobs.cli:main"]},
+)
