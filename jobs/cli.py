@@ -11,15 +11,15 @@ import logging
 
 import click
 
-# command name -> "module:attribute" of a click.Command
-COMMANDS: dict[str, str] = {
-    "index": "jobs.index_images:index_cmd",
-    "regions": "jobs.regions:regions_cmd",
-    "build-index": "jobs.build_index:build_index_cmd",
-    "search": "jobs.search:search_cmd",
-    "index-info": "jobs.search:index_info_cmd",
-    "eval": "jobs.evaluate:eval_cmd",
-    "nightly": "jobs.nightly:nightly_cmd",
+# command name -> ("module:attribute" of a click.Command, one-line help shown by `ldot --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("jobs.index_images:index_cmd", "Embed images (or region features) into Parquet with Beam."),
+    "regions": ("jobs.regions:regions_cmd", "Extract bottom-up-attention region features to Parquet."),
+    "build-index": ("jobs.build_index:build_index_cmd", "Build and publish sharded FAISS indexes."),
+    "search": ("jobs.search:search_cmd", "Search the live index with a text query."),
+    "index-info": ("jobs.search:index_info_cmd", "Print the live index manifest."),
+    "eval": ("jobs.evaluate:eval_cmd", "Recall@K of embeddings (and an index) against captions."),
+    "nightly": ("jobs.nightly:nightly_cmd", "Incremental, crash-safe rebuild for cron."),
 }
 
 
@@ -30,11 +30,14 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        if cmd_name not in COMMANDS:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = COMMANDS[cmd_name][0].split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup)
