@@ -1,0 +1,325 @@
+"""Caption sets for retrieval evaluation, and the mapping from their image names to embedding ``image_id``s.
+
+Readers (picked from the file's content, not only its extension):
+
+- Karpathy split JSON (``dataset_flickr30k.json``, ``dataset_coco.json``): ``{"images": [{"filename", "imgid",
+  "split", "sentences": [{"raw", "tokens", ...}], ...}]}``;
+- COCO captions annotations (``captions_val2014.json``): ``{"images": [{"id", "file_name"}], "annotations":
+  [{"image_id", "caption"}]}``;
+- CSV / TSV / pipe-separated with a header naming an image column and a caption column, and JSON Lines (or a
+  JSON list) of objects with those keys; an optional ``split`` column is honoured by ``--split``.
+
+Every caption keeps the record of its image (``filename``, ``imgid``, ``cocoid`` ...) so a ``template:`` mapping
+can build an ``image_id`` from any of those fields.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+IMAGE_KEYS = ("image_id", "image", "filename", "file_name", "image_name", "img", "imgid", "id")
+CAPTION_KEYS = ("caption", "text", "sentence", "raw", "comment", "description")
+MAPPINGS = ("auto", "id", "filename", "basename", "stem")
+
+
+class CaptionError(ValueError):
+    """A captions file that cannot be read, or a mapping that cannot tie it to the embeddings."""
+
+
+@dataclass
+class CaptionSet:
+    """Captions grouped by image, in file order.
+
+    ``names[i]`` is the name the captions file gives image ``i`` (Karpathy: ``filename``; CSV: its image column),
+    ``records[i]`` every scalar field the file has for it; ``caption_image[c]`` is the image of caption ``c``.
+    """
+
+    names: list[str]
+    records: list[dict[str, Any]]
+    captions: list[str]
+    caption_image: list[int]
+    source: str = ""
+    format: str = ""
+    split: list[str] | None = None  # the splits kept; None when the file has no split field (all rows kept)
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.names)
+
+    def captions_per_image(self) -> list[int]:
+        counts = [0] * len(self.names)
+        for i in self.caption_image:
+            counts[i] += 1
+        return counts
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.records: list[dict[str, Any]] = []
+        self.captions: list[str] = []
+        self.caption_image: list[int] = []
+
+    def add(self, name: str, caption: str, record: dict[str, Any]) -> None:
+        i = self.index.get(name)
+        if i is None:
+            i = self.index[name] = len(self.names)
+            self.names.append(name)
+            self.records.append(record)
+        self.captions.append(caption)
+        self.caption_image.append(i)
+
+    def build(self, **kw: Any) -> CaptionSet:
+        return CaptionSet(self.names, self.records, self.captions, self.caption_image, **kw)
+
+
+def _splits(split: str | Iterable[str] | None) -> set[str] | None:
+    if split is None:
+        return None
+    if isinstance(split, str):
+        split = split.split(",")
+    wanted = {s.strip() for s in split if s.strip()}
+    return None if not wanted or wanted == {"all"} else wanted
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, str | int | float | bool) or v is None}
+
+
+def load_captions(path: str, split: str | Iterable[str] | None = "test", text_field: str = "raw") -> CaptionSet:
+    """Read any supported captions file; keep the images of ``split`` (comma-separated; ``all`` keeps every row).
+
+    ``text_field`` (Karpathy only): ``raw`` (the caption as written, what LightningDOT encodes) or ``tokens``
+    (the pre-tokenized words joined with spaces).
+    """
+    with fsspec.open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CaptionError(f"{path}: not UTF-8 text ({e})") from e
+    stripped = text.lstrip()
+    if not stripped:
+        raise CaptionError(f"{path}: empty captions file")
+    wanted = _splits(split)
+    if stripped[0] in "[{":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None  # maybe JSON Lines
+        if isinstance(obj, dict) and isinstance(obj.get("images"), list) and "annotations" in obj:
+            return _read_coco(obj, path, wanted)
+        if isinstance(obj, dict) and isinstance(obj.get("images"), list):
+            return _read_karpathy(obj, path, wanted, text_field)
+        if isinstance(obj, list):
+            return _read_rows(obj, path, wanted, "json")
+        if obj is None and stripped[0] == "{":
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise CaptionError(f"{path}:{n}: not JSON Lines ({e})") from e
+            return _read_rows(rows, path, wanted, "jsonl")
+        raise CaptionError(f"{path}: JSON that is neither a Karpathy split file, COCO captions, nor a list of rows")
+    return _read_rows(_csv_rows(text, path), path, wanted, "csv")
+
+
+def _read_karpathy(obj: dict, path: str, wanted: set[str] | None, text_field: str) -> CaptionSet:
+    if text_field not in ("raw", "tokens"):
+        raise CaptionError(f"text_field must be 'raw' or 'tokens', got {text_field!r}")
+    b = _Builder()
+    seen_splits: set[str] = set()
+    for n, img in enumerate(obj["images"]):
+        if not isinstance(img, dict) or "sentences" not in img:
+            raise CaptionError(f"{path}: images[{n}] has no 'sentences': not a Karpathy split file")
+        img_split = img.get("split")
+        seen_splits.add(str(img_split))
+        if wanted is not None and img_split not in wanted:
+            continue
+        name = img.get("filename")
+        if name is None:
+            raise CaptionError(f"{path}: images[{n}] has no 'filename'")
+        record = _scalars(img)
+        if img.get("filepath"):
+            record["path"] = posixpath.join(img["filepath"], name)
+        for s in img["sentences"]:
+            if text_field == "raw":
+                caption = s.get("raw")
+            else:
+                caption = " ".join(s["tokens"]) if s.get("tokens") is not None else None
+            if not isinstance(caption, str):
+                raise CaptionError(f"{path}: a sentence of {name} has no {text_field!r}")
+            b.add(str(name), caption.strip(), record)
+    if wanted is not None and not b.names:
+        raise CaptionError(f"{path}: no image in split {sorted(wanted)}; the file has splits {sorted(seen_splits)}")
+    return b.build(source=path, format="karpathy", split=sorted(wanted) if wanted else None)
+
+
+def _read_coco(obj: dict, path: str, wanted: set[str] | None) -> CaptionSet:
+    images = {img["id"]: img for img in obj["images"]}
+    b = _Builder()
+    notes = []
+    if wanted is not None:
+        notes.append(f"COCO captions files carry no split: --split {','.join(sorted(wanted))} not applied")
+    for ann in obj["annotations"]:
+        img = images.get(ann.get("image_id"))
+        if img is None:
+            raise CaptionError(f"{path}: annotation {ann.get('id')} names image {ann.get('image_id')} not in 'images'")
+        b.add(str(img.get("file_name", img["id"])), str(ann["caption"]).strip(), _scalars(img))
+    return b.build(source=path, format="coco", notes=notes)
+
+
+def _csv_rows(text: str, path: str) -> list[dict[str, Any]]:
+    first = text.lstrip().splitlines()[0]
+    delimiter = max(",\t|;", key=first.count)
+    if first.count(delimiter) == 0:
+        raise CaptionError(f"{path}: CSV needs a header with an image column and a caption column")
+    reader = csv.DictReader(io.StringIO(text.lstrip()), delimiter=delimiter)
+    rows = []
+    for row in reader:
+        rows.append({(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()})
+    return rows
+
+
+def _pick(keys: Iterable[str], candidates: tuple[str, ...], what: str, path: str) -> str:
+    lower = {k.lower(): k for k in keys}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    raise CaptionError(f"{path}: no {what} column; expected one of {list(candidates)}, found {sorted(lower)}")
+
+
+def _read_rows(rows: list[Any], path: str, wanted: set[str] | None, fmt: str) -> CaptionSet:
+    if not rows:
+        raise CaptionError(f"{path}: no caption rows")
+    if not all(isinstance(r, dict) for r in rows):
+        raise CaptionError(f"{path}: every row must be an object with an image and a caption")
+    keys = rows[0].keys()
+    cap_key = _pick(keys, CAPTION_KEYS, "caption", path)
+    img_key = _pick([k for k in keys if k != cap_key], IMAGE_KEYS, "image", path)
+    split_key = next((k for k in keys if k.lower() == "split"), None)
+    notes = []
+    if wanted is not None and split_key is None:
+        notes.append(f"{path} has no split column: --split {','.join(sorted(wanted))} not applied, all rows kept")
+    b = _Builder()
+    for n, row in enumerate(rows):
+        name, caption = row.get(img_key), row.get(cap_key)
+        if name is None or name == "" or not isinstance(caption, str):
+            raise CaptionError(f"{path}: row {n + 1} lacks an image ({img_key}) or a caption ({cap_key})")
+        if wanted is not None and split_key is not None and row.get(split_key) not in wanted:
+            continue
+        b.add(str(name), caption.strip(), _scalars(row))
+    if not b.names:
+        raise CaptionError(f"{path}: no rows in split {sorted(wanted or [])}")
+    return b.build(source=path, format=fmt, split=sorted(wanted) if wanted and split_key else None, notes=notes)
+
+
+# ---- mapping caption image names to embedding image_ids ------------------------------------------------------
+
+
+def _basename(s: str) -> str:
+    return posixpath.basename(s.rstrip("/").replace("\\", "/"))
+
+
+def _stem(s: str) -> str:
+    base = _basename(s)
+    return base.rsplit(".", 1)[0] if "." in base[1:] else base
+
+
+_NORMALISE = {"id": lambda s: s, "filename": lambda s: s, "basename": _basename, "stem": _stem}
+
+
+@dataclass
+class Mapping:
+    """Result of tying a CaptionSet to the embedding ids: ``image_row[i]`` = row of image ``i`` or -1 if missing."""
+
+    method: str
+    image_row: list[int]
+    tried: dict[str, int] = field(default_factory=dict)  # for auto: method -> images matched
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)  # key -> the several ids that give it
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i, r in enumerate(self.image_row) if r < 0]
+
+
+def _template_names(captions: CaptionSet, template: str) -> list[str]:
+    out = []
+    for name, record in zip(captions.names, captions.records, strict=True):
+        values = dict(record)
+        values.setdefault("name", name)
+        values.setdefault("basename", _basename(name))
+        values.setdefault("stem", _stem(name))
+        try:
+            out.append(template.format(**values))
+        except (KeyError, IndexError) as e:
+            raise CaptionError(f"template {template!r} needs field {e}; image {name!r} has {sorted(values)}") from e
+        except ValueError as e:  # e.g. {imgid:012d} on a string
+            raise CaptionError(f"template {template!r} cannot format image {name!r}: {e}") from e
+    return out
+
+
+def _lookup(ids: list[str], normalise: Callable[[str], str]) -> tuple[dict[str, int], dict[str, list[str]]]:
+    table: dict[str, int] = {}
+    clashes: dict[str, list[str]] = {}
+    for row, image_id in enumerate(ids):
+        key = normalise(image_id)
+        if key in table:
+            clashes.setdefault(key, [ids[table[key]]]).append(image_id)
+        else:
+            table[key] = row
+    for key in clashes:
+        table.pop(key)
+    return table, clashes
+
+
+def _map(names: list[str], ids: list[str], method: str, normalise: Callable[[str], str]) -> Mapping:
+    table, clashes = _lookup(ids, normalise)
+    keys = [normalise(n) for n in names]
+    used = {k: clashes[k] for k in keys if k in clashes}
+    return Mapping(method, [table.get(k, -1) for k in keys], ambiguous=used)
+
+
+def map_images(captions: CaptionSet, ids: list[str], method: str = "auto") -> Mapping:
+    """Tie each caption image to a row of ``ids`` (the embeddings' ``image_id`` or ``uri`` column).
+
+    ``id``/``filename``: the names as they are; ``basename``: directories dropped on both sides; ``stem``:
+    directories and extension dropped on both sides; ``template:FMT``: a Python format string over the image's
+    record (``{filename}``, ``{imgid}``, ``{cocoid:012d}``, ``{stem}``, ``{name}``...) giving the exact ``image_id``;
+    ``auto``: the first of id, basename, stem that matches the most images. Two ids that normalise to the same key
+    are ambiguous and match nothing (reported as missing and as ambiguous), never an arbitrary one.
+    """
+    if method.startswith("template:"):
+        return _map(_template_names(captions, method.split(":", 1)[1]), ids, method, _NORMALISE["id"])
+    if method == "auto":
+        best: Mapping | None = None
+        tried: dict[str, int] = {}
+        for m in ("id", "basename", "stem"):
+            cand = _map(captions.names, ids, m, _NORMALISE[m])
+            tried[m] = captions.num_images - len(cand.missing)
+            if best is None or tried[m] > tried[best.method]:
+                best = cand
+            if not cand.missing:
+                break
+        assert best is not None
+        best.tried = tried
+        best.method = f"auto:{best.method}"
+        return best
+    if method not in _NORMALISE:
+        raise CaptionError(f"unknown mapping {method!r}: use one of {list(MAPPINGS)} or template:FORMAT")
+    return _map(captions.names, ids, method, _NORMALISE[method])
