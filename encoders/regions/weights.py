@@ -1,0 +1,223 @@
+"""Weights for the bottom-up-attention model: random (damped) or loaded from ``.pkl`` / ``.pth`` files.
+
+``.pkl``: detectron2 pickles converted from Caffe, with Caffe2/Detectron-style names (``res2_0_branch2a_w``,
+``res_conv1_bn_s``, ``conv_rpn_w``, ``rpn_cls_logits_w``, ``cls_score_w``, ``bbox_pred_w``, ``cls_embedding_w``,
+``fc_attr_w``, ``attr_score_w`` ...), either bare, under ``"blobs"``, or in detectron2's model-zoo layout
+(``{"model": ..., "__author__": ...}``). Names go through detectron2's own C2 conversion
+(``convert_c2_detectron_names``: background moved last in ``cls_score``, background rows dropped from
+``bbox_pred``) plus the attribute-head names it does not know. The file is unpickled with a restricted
+unpickler that only builds numpy arrays and plain containers.
+
+``.pth``: a state dict with detectron2 names (optionally under ``"model"``), read with ``weights_only=True``.
+
+Loading is strict: a missing parameter, a key the model does not have, or a shape mismatch is an error that
+names the keys and shapes (detectron2's heuristic loader only logs these and leaves random weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import re
+
+import fsspec
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+}
+
+# Keys a checkpoint may carry that are not parameters to check.
+_IGNORED_CKPT = re.compile(r"(_momentum$|num_batches_tracked$|anchor_generator\.cell_anchors|^pixel_(mean|std)$)")
+
+
+class WeightsError(ValueError):
+    """The weights file does not fit the model built from the config."""
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a weights file")
+
+
+def read_bytes(path: str) -> bytes:
+    with fsspec.open(str(path), "rb") as f:
+        return f.read()
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _c2_renames(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Caffe/Caffe2 names -> detectron2 names (detectron2's converter + the BUTD-specific layers)."""
+    from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
+
+    pre = {}
+    for k, v in weights.items():
+        # raw Caffe layer names of the BUTD prototxt, when a converter kept them
+        k2 = k.replace("rpn_conv/3x3", "conv_rpn").replace("rpn_cls_score", "rpn_cls_logits")
+        pre[k2] = v
+    renamed, _ = convert_c2_detectron_names(pre)
+    out = {}
+    for k, v in renamed.items():
+        k = re.sub(r"^cls\.embedding\.", "attribute_predictor.cls_embedding.", k)
+        k = re.sub(r"^fc\.attr\.", "attribute_predictor.fc_attr.", k)
+        k = re.sub(r"^attr\.score\.", "attribute_predictor.attr_score.", k)
+        k = re.sub(r"^cls_score\.", "box_predictor.cls_score.", k)
+        k = re.sub(r"^bbox_pred\.", "box_predictor.bbox_pred.", k)
+        k = re.sub(r"^res5\.", "roi_heads.res5.", k)
+        k = re.sub(r"^(stem|res[234])\.", r"backbone.\1.", k)
+        # detectron2's converter maps Caffe's embedding weight name like any other "_w"
+        out[k] = v
+    return out
+
+
+def _to_tensors(d: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.ndarray):
+            out[k] = torch.from_numpy(np.ascontiguousarray(v))
+        elif torch.is_tensor(v):
+            out[k] = v
+        else:
+            raise WeightsError(f"weights entry {k!r} is a {type(v).__name__}, not an array")
+    return out
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], bool, bytes]:
+    """Returns ``(state, is_c2_names, raw_bytes)``."""
+    data = read_bytes(path)
+    name = str(path).lower()
+    if name.endswith(".pkl"):
+        obj = _NumpyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        if not isinstance(obj, dict):
+            raise WeightsError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
+        if "model" in obj and "__author__" in obj:
+            # detectron2 model-zoo layout; the names are C2-style unless the author says otherwise
+            state = obj["model"]
+            c2 = obj.get("matching_heuristics", True) or str(obj.get("__author__")) == "Caffe2"
+        else:
+            state = obj.get("blobs", obj)
+            c2 = True
+        state = {k: v for k, v in state.items() if not k.endswith("_momentum") and k != "lr"}
+        return _to_tensors(state), c2, data
+    if name.endswith((".pth", ".pt")):
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+            obj = obj["model"]
+        if not isinstance(obj, dict):
+            raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        return _to_tensors(obj), False, data
+    raise WeightsError(f"{path}: unknown weights format (expected .pkl converted from Caffe, or .pth)")
+
+
+def _match(model_keys: list[str], ckpt: dict[str, torch.Tensor]) -> dict[str, str]:
+    """model key -> checkpoint key: exact name, else the longest checkpoint key that is a dotted suffix."""
+    ckpt_keys = sorted(ckpt)
+    out = {}
+    for mk in model_keys:
+        if mk in ckpt:
+            out[mk] = mk
+            continue
+        best = None
+        for ck in ckpt_keys:
+            if mk.endswith("." + ck) and (best is None or len(ck) > len(best)):
+                best = ck
+        if best is not None:
+            out[mk] = best
+    return out
+
+
+def _fix_rpn_objectness(model_sd: dict, ckpt: dict, ckpt_key: str, model_key: str) -> None:
+    """Caffe's RPN scores 2A channels (A background, then A foreground) for a softmax; detectron2 uses A
+    sigmoid logits: logit = fg - bg, the same probability."""
+    v = ckpt[ckpt_key]
+    want = model_sd[model_key].shape
+    if v.shape[0] == 2 * want[0] and v.shape[1:] == want[1:]:
+        a = want[0]
+        ckpt[ckpt_key] = v[a:] - v[:a]
+
+
+def load_weights(model: nn.Module, path: str) -> str:
+    """Load ``path`` into ``model`` strictly. Returns the sha256 of the file."""
+    state, c2, raw = read_checkpoint(path)
+    if c2:
+        state = _c2_renames(state)
+    model_sd = model.state_dict()
+    model_keys = [k for k in model_sd if not _IGNORED_CKPT.search(k)]
+    mapping = _match(model_keys, state)
+    for mk, ck in mapping.items():
+        if "objectness_logits" in mk:
+            _fix_rpn_objectness(model_sd, state, ck, mk)
+    # FrozenBN from Detectron-style files has only scale/bias: mean 0, var 1 (as detectron2 does).
+    for mk in model_keys:
+        if mk not in mapping and mk.endswith(("norm.running_mean", "norm.running_var")):
+            prefix = mk.rsplit(".", 1)[0]
+            if prefix + ".weight" in mapping:
+                fill = torch.zeros_like if mk.endswith("mean") else torch.ones_like
+                state["__default__." + mk] = fill(model_sd[mk])
+                mapping[mk] = "__default__." + mk
+    missing = [k for k in model_keys if k not in mapping]
+    used = set(mapping.values())
+    unexpected = [k for k in sorted(state) if k not in used and not _IGNORED_CKPT.search(k)]
+    mismatched = [
+        f"{mk} (model {tuple(model_sd[mk].shape)}) <- {ck} (file {tuple(state[ck].shape)})"
+        for mk, ck in sorted(mapping.items())
+        if tuple(model_sd[mk].shape) != tuple(state[ck].shape)
+    ]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched[:20]))
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) missing from the file: " + ", ".join(missing[:20]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} key(s) in the file that the model lacks: " + ", ".join(unexpected[:20]))
+    if problems:
+        raise WeightsError(
+            f"weights {path} do not fit the detector config ({'C2/Caffe' if c2 else 'detectron2'} names): "
+            + " | ".join(problems)
+        )
+    new_sd = {mk: state[ck].to(model_sd[mk].dtype) for mk, ck in mapping.items()}
+    model.load_state_dict(new_sd, strict=False)
+    return file_sha256(raw)
+
+
+@torch.no_grad()
+def damp_random_weights(model: nn.Module, residual_scale: float = 0.1, class_logit_scale: float = 3.0) -> None:
+    """Make detectron2's random initialisation usable in a deep ResNet.
+
+    detectron2 initialises every conv with MSRA fill and FrozenBN as identity, so each of the (up to 33)
+    residual blocks adds a branch as large as its input; activations overflow to inf in float32 and the
+    RPN has no finite proposal. Shrinking the last norm of each residual branch (``conv3.norm``) keeps every
+    block close to identity, so random runs give usable proposals. The class logits are scaled up so that
+    class scores spread out (some regions pass the 0.2 confidence threshold) instead of all being ~1/1601.
+    (Build the model under a fixed torch seed for deterministic random weights.)
+    """
+    from detectron2.modeling.backbone.resnet import BottleneckBlock
+
+    for m in model.modules():
+        if isinstance(m, BottleneckBlock) and m.conv3.norm is not None:
+            m.conv3.norm.weight.mul_(residual_scale)
+            m.conv3.norm.bias.mul_(residual_scale)
+    roi_heads = getattr(model, "roi_heads", None)
+    predictor = getattr(roi_heads, "box_predictor", None)
+    if predictor is not None:
+        predictor.cls_score.weight.mul_(class_logit_scale)
