@@ -33,9 +33,9 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     miss = report["missing"]
     if miss["images"]:
-        lines.append(f"MISSING: {miss['images']} images / {miss['captions']} captions not in the embeddings "
+        lines.append(f"MISSING: {miss['images']} image(s) / {miss['captions']} caption(s) not in the embeddings "
                      f"({'left out' if miss['policy'] == 'skip' else 'counted as misses'})")
-    header = f"{'':14}{'':7}" + "".join(f"{'R@' + str(k):>7}" for k in ks) + f"{'MedR':>7}"
+    header = f"{'':14}{'':10}" + "".join(f"{'R@' + str(k):>7}" for k in ks) + f"{'MedR':>7}"
     lines += ["", header, "-" * len(header)]
     ref = report.get("reference")
     index = report.get("index")
@@ -55,7 +55,7 @@ def format_table(report: dict[str, Any]) -> str:
             rows.append(("paper", "".join(f" {_pct(pub.get(str(k)))}" for k in ks)))
             rows.append(("gap", "".join(f" {_signed(gap.get(str(k)))}" for k in ks)))
         for n, (name, cells) in enumerate(rows):
-            lines.append(f"{label if n == 0 else '':14}{name:<7}{cells}")
+            lines.append(f"{label if n == 0 else '':14}{name:<10}{cells}")
     lines.append(f"\nmean recall (both directions, k in {ks}): {100 * report['exact']['mean_recall']:.1f}")
     if index is not None:
         desc = ", ".join(f"{k}={index[k]}" for k in ("root", "version", "factory", "nprobe") if index.get(k))
@@ -99,41 +99,55 @@ def plot(report: dict[str, Any], path: str, title: str | None = None) -> None:
     ref = report.get("reference")
     index = report.get("index")
     lowest = 100.0
+    ev = report["evaluated"]
     for ax, (key, label) in zip(axes, DIRECTIONS, strict=True):
         ranks = report["exact"][key]["_ranks"]
         y = 100 * np.asarray(curve(ranks, k_max))
         lowest = min(lowest, float(y.min()))
-        ax.plot(x, y, "-", color="tab:blue", lw=2.2, label="exact")
+        gallery = f"{ev['gallery_images']} images" if key == "text_to_image" else f"{ev['captions']} captions"
+        ax.plot(x, y, "-", color="tab:blue", lw=2.2, label=f"exact (over {gallery})")
         for k in ks:
             ax.plot([k], [y[k - 1]], "o", color="tab:blue")
-            ax.annotate(f"{y[k - 1]:.1f}", (k, y[k - 1]), textcoords="offset points", xytext=(0, -15),
-                        ha="center", color="tab:blue", fontsize=9)
+            ax.annotate(f"{y[k - 1]:.1f}", (k, y[k - 1]), textcoords="offset points", xytext=(0, 7),
+                        ha="center", color="tab:blue", fontsize=9, fontweight="bold")
         if index is not None and key == "text_to_image":
             if "exact_all" in report:
                 ya = 100 * np.asarray(curve(index["_base_ranks"], k_max))
-                ax.plot(x, ya, ":", color="tab:gray", lw=1.8, label="exact, all embeddings")
+                ax.plot(x, ya, ":", color="tab:gray", lw=1.8,
+                        label=f"exact (over all {report['embeddings']['rows']} embeddings)")
             yi = 100 * np.asarray(index["_curve"])
             lowest = min(lowest, float(yi.min()))
             ax.plot(x, yi, "--", color="tab:orange", lw=2.2, label="index (ANN)")
             for k in ks:
+                delta = 100 * index["difference"][str(k)]
                 ax.plot([k], [yi[k - 1]], "s", color="tab:orange")
-                ax.annotate(f"{yi[k - 1]:.1f}", (k, yi[k - 1]), textcoords="offset points", xytext=(0, 8),
-                            ha="center", color="tab:orange", fontsize=9)
+                ax.annotate(f"{yi[k - 1]:.1f} (Δ{delta:+.1f})", (k, yi[k - 1]), textcoords="offset points",
+                            xytext=(0, -15), ha="center", color="tab:orange", fontsize=9,
+                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
         if ref is not None:
             pub = {int(k): 100 * v for k, v in ref[key]["published"].items() if int(k) <= k_max}
             if pub:
                 lowest = min(lowest, min(pub.values()))
                 ax.plot(list(pub), list(pub.values()), "*", color="black", ms=12, label=f"paper ({ref['dataset']})")
+                for k, v in pub.items():
+                    ax.annotate(f"{v:.1f}", (k, v), textcoords="offset points", xytext=(-9, 0), ha="right",
+                                va="center", fontsize=8)
         n = report["exact"][key]["queries"]
         ax.set_title(f"{label}  ({n} queries)")
         ax.set_xlabel("k")
         ax.set_xticks(sorted(set(ks) | {1, k_max}))
-        ax.set_xlim(0.5, k_max + 0.5)
+        if k_max > 30:
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(set(ks) | {1, k_max}), [str(k) for k in sorted(set(ks) | {1, k_max})])
+            ax.set_xlim(0.8, k_max * 1.25)
+        else:
+            pad = 0.1 * (k_max - 1) + 0.4  # room for the labels at both ends
+            ax.set_xlim(1 - pad, k_max + pad)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=9)
     axes[0].set_ylabel("recall@k (%)")
-    axes[0].set_ylim(max(0.0, np.floor(lowest / 10) * 10 - 5), 101)
-    ev = report["evaluated"]
+    axes[0].set_ylim(max(0.0, np.floor(lowest / 10) * 10 - 5), 107)
+    axes[0].set_yticks(np.arange(0, 101, 10))
     fig.suptitle(title or f"Recall@k: {ev['images']} images, {ev['captions']} captions, "
                  f"gallery {ev['gallery_images']} images")
     with fsspec.open(path, "wb") as f:

@@ -1,0 +1,191 @@
+"""``ldot eval`` end to end with a tiny random text tower: captions file + embeddings Parquet -> table, JSON, PNG."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from encoders.config import TINY_CONFIG
+from encoders.lightningdot import LightningDOT
+from jobs.cli import main
+
+WORDS = [
+    "a", "an", "the", "dog", "cat", "man", "woman", "child", "bike", "ball", "red", "blue", "green", "big", "small",
+    "runs", "sits", "jumps", "sleeps", "on", "in", "near", "beach", "park", "street", "grass", "water", "snow",
+    "with", "two", "three", "young", "old", "plays", "holds", "looks", "at", ",", ".",
+]
+SUBJECTS = ["dog", "cat", "man", "woman", "child", "bike"]
+PLACES = ["beach", "park", "street", "grass", "water", "snow"]
+
+
+def make_captions(n_images: int) -> list[tuple[str, list[str]]]:
+    out = []
+    for i in range(n_images):
+        s, p, c = SUBJECTS[i % 6], PLACES[(i // 6) % 6], ["red", "blue", "green", "big", "small"][i % 5]
+        out.append((f"{1000 + i}.jpg", [f"A {c} {s} runs on the {p} .", f"Two {s} near the {p} with a ball .",
+                                          f"The {c} {s} sleeps in the {p} ."]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "A", "Two", "The"]) + "\n")
+    # a tiny checkpoint whose text tower tells captions apart: BERT's N(0, 0.02) init makes every output nearly
+    # parallel (cosine 0.99999, so float32 scores tie); weights x25 give cosines ~0.7, like a trained model
+    random_model = LightningDOT.random(TINY_CONFIG, seed=0)
+    with torch.no_grad():
+        for p in random_model.model.txt_model.parameters():
+            if p.ndim == 2:
+                p.mul_(25)
+    checkpoint = root / "tiny.pt"
+    random_model.save(checkpoint)
+    model = LightningDOT.from_checkpoint(checkpoint, vocab=str(vocab))
+    data = make_captions(24)
+    # image embedding = unit vector along its FIRST caption's text embedding: that caption then scores its own
+    # image above every other (q·q/|q| = |q| >= q·x for any unit x), so text->image R@1 >= 1/3 by construction
+    first = model.encode_captions([caps[0] for _, caps in data])
+    images = first / np.linalg.norm(first, axis=1, keepdims=True)
+    missing_name = data[-1][0]
+    kept = [(name, v) for (name, _), v in zip(data, images, strict=True) if name != missing_name]
+    ids = [f"gs://bucket/flickr/{name}" for name, _ in kept]
+    vec = np.stack([v for _, v in kept]).astype(np.float32)
+    emb = root / "emb"
+    emb.mkdir()
+    for part, sl in enumerate((slice(0, 10), slice(10, None))):
+        pq.write_table(pa.table({
+            "image_id": ids[sl], "uri": ids[sl], "content_sha256": ["0" * 64] * len(ids[sl]),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec[sl].reshape(-1)), 768),
+            "num_boxes": [36] * len(ids[sl]), "width": [640] * len(ids[sl]), "height": [480] * len(ids[sl]),
+            "model": [model.fingerprint] * len(ids[sl])}), emb / f"part-{part}.parquet")
+    karpathy = root / "dataset_flickr30k.json"
+    karpathy.write_text(json.dumps({"images": [
+        {"filename": name, "imgid": i, "split": "test" if i % 8 else "train" if i == 8 else "test",
+         "sentences": [{"raw": c, "tokens": c.lower().split(), "imgid": i, "sentid": 3 * i + j}
+                       for j, c in enumerate(caps)]} for i, (name, caps) in enumerate(data)]}))
+    csv_rows = ["image_name|comment"] + [f"{name}|{c}" for i, (name, caps) in enumerate(data) if i != 8
+                                         for c in caps]
+    csv_path = root / "captions.csv"
+    csv_path.write_text("\n".join(csv_rows) + "\n")
+    return types.SimpleNamespace(root=root, vocab=str(vocab), model=model, checkpoint=str(checkpoint), data=data,
+                                 emb=str(emb), ids=ids,
+                                 vectors=vec, karpathy=str(karpathy), csv=str(csv_path), missing=missing_name)
+
+
+def run_eval(setup, *args, ok=True):
+    model = ["--random-weights", "--encoder-config", str(TINY_CONFIG)] if "--seed" in args else \
+        ["--checkpoint", setup.checkpoint]
+    base = ["eval", "--embeddings", setup.emb, *model, "--vocab", setup.vocab, "--device", "cpu"]
+    result = CliRunner().invoke(main, [*base, *args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def expected_t2i(setup, names_captions, k):
+    """Independent reference: encode, score against the evaluated images only (the split's gallery), stable
+    argsort, look up the own image."""
+    texts = [c for _, caps in names_captions for c in caps]
+    gallery = [f"gs://bucket/flickr/{n}" for n, _ in names_captions]
+    owners = [g for g, (_, caps) in zip(gallery, names_captions, strict=True) for _ in caps]
+    vectors = setup.vectors[[setup.ids.index(g) for g in gallery]]
+    order = np.argsort(-(setup.model.encode_captions(texts) @ vectors.T), axis=1, kind="stable")
+    return float(np.mean([gallery.index(o) in row[:k] for row, o in zip(order, owners, strict=True)]))
+
+
+def test_cli_karpathy_end_to_end(setup, tmp_path):
+    out_json, out_png = tmp_path / "report.json", tmp_path / "recall.png"
+    result = run_eval(setup, "--captions", setup.karpathy, "--split", "test", "--json", str(out_json),
+                      "--plot", str(out_png), "--reference", "flickr30k", "--k", "1,5,10")
+    rep = json.loads(out_json.read_text())
+    # image 8 is in train; image 23 has no embedding: reported, not dropped silently
+    assert rep["captions"]["images"] == 23 and rep["captions"]["captions"] == 69
+    assert rep["missing"]["images"] == 1 and rep["missing"]["captions"] == 3
+    assert rep["missing"]["image_names"] == [setup.missing]
+    assert rep["mapping"]["method"] == "auto:basename"
+    assert rep["evaluated"] == {"images": 22, "captions": 66, "gallery": "split", "gallery_images": 22}
+    t2i = rep["exact"]["text_to_image"]
+    assert t2i["queries"] == 66 and rep["exact"]["image_to_text"]["queries"] == 22
+    evaluated = [(n, c) for i, (n, c) in enumerate(setup.data) if i != 8 and n != setup.missing]
+    for k in (1, 5, 10):
+        assert t2i["recall"][str(k)] == pytest.approx(expected_t2i(setup, evaluated, k))
+    assert t2i["recall"]["1"] >= 1 / 3
+    assert rep["reference"]["text_to_image"]["published"]["1"] == pytest.approx(0.699)
+    assert rep["model"]["fingerprint"] == setup.model.fingerprint
+    assert "text → image" in result.stdout and "paper" in result.stdout and "MISSING" in result.stdout
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_csv_agrees_with_karpathy(setup, tmp_path):
+    a, b = tmp_path / "k.json", tmp_path / "c.json"
+    run_eval(setup, "--captions", setup.karpathy, "--split", "test", "--json", str(a))
+    run_eval(setup, "--captions", setup.csv, "--json", str(b))
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ra["exact"] == rb["exact"] and ra["missing"] == rb["missing"]
+
+
+def test_cli_refuses_embeddings_of_another_model(setup):
+    result = run_eval(setup, "--captions", setup.csv, "--seed", "1", ok=False)
+    assert result.exit_code != 0 and "made by model(s)" in result.output
+    assert run_eval(setup, "--captions", setup.csv, "--seed", "1", "--ignore-model-mismatch").exit_code == 0
+
+
+def test_cli_missing_error_policy_and_bad_mapping(setup):
+    result = run_eval(setup, "--captions", setup.csv, "--missing", "error", ok=False)
+    assert result.exit_code != 0 and setup.missing in result.output
+    result = run_eval(setup, "--captions", setup.csv, "--map", "id", ok=False)
+    assert result.exit_code != 0 and "none of the" in result.output
+
+
+@dataclass
+class _Result:
+    scores: np.ndarray
+    image_ids: list[list[str]]
+
+
+def test_cli_with_index_side_by_side(setup, tmp_path, monkeypatch):
+    """The ``--index`` path against the SearchIndex API (open(root, nprobe) -> .search(vectors, k)); a fake that
+    drops every second hit stands in for an ANN index, so the difference column has something to show."""
+    ids, vectors = setup.ids, setup.vectors
+
+    class FakeIndex:
+        manifest: ClassVar[dict] = {"factory": "IVF4,PQ8", "nprobe": 2, "version": "v1",
+                                    "shards": [{"count": len(ids)}], "model": setup.model.fingerprint}
+
+        @classmethod
+        def open(cls, root, nprobe=None):
+            assert root == "mem://index"
+            return cls()
+
+        def search(self, q, k):
+            order = np.argsort(-(q @ vectors.T), axis=1, kind="stable")[:, :k]
+            hits = [[ids[j] for j in row] for row in order]
+            hits = [h if n % 2 == 0 else [*h[1:], "x"] for n, h in enumerate(hits)]  # degrade odd queries
+            return _Result(np.zeros((len(q), k), np.float32), hits)
+
+    module = types.ModuleType("index.search")
+    module.SearchIndex = FakeIndex
+    monkeypatch.setitem(sys.modules, "index.search", module)
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    result = run_eval(setup, "--captions", setup.karpathy, "--index", "mem://index", "--json", str(out_json),
+                      "--plot", str(out_png), "--gallery", "all")
+    rep = json.loads(out_json.read_text())
+    idx = rep["index"]
+    assert idx["factory"] == "IVF4,PQ8" and idx["nprobe"] == 2 and idx["vectors"] == 23
+    exact = rep["exact"]["text_to_image"]["recall"]
+    for k in ("1", "5", "10"):
+        assert idx["difference"][k] == pytest.approx(idx["text_to_image"]["recall"][k] - exact[k])
+    assert idx["difference"]["1"] < 0
+    assert "index" in result.stdout and "Δ index" in result.stdout
+    assert out_png.stat().st_size > 10_000
