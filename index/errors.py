@@ -1,0 +1,44 @@
+"""Errors raised by the index package; each names what went wrong and where."""
+
+from __future__ import annotations
+
+
+class IndexError_(Exception):
+    """Base class (named with a trailing underscore so it does not shadow the builtin ``IndexError``)."""
+
+
+class EmbeddingsError(IndexError_):
+    """The embedding tables are missing, malformed, or inconsistent (dims, columns, null vectors)."""
+
+
+class ModelMismatchError(EmbeddingsError):
+    """Rows of one build carry more than one model fingerprint."""
+
+
+class IdCollisionError(IndexError_):
+    """Two different ``image_id`` values hash to the same 63-bit FAISS id."""
+
+
+class DuplicateImageIdError(IndexError_):
+    """The same ``image_id`` appears in more than one row."""
+
+
+class FactoryError(IndexError_):
+    """No factory fits the request (memory budget too small, unsupported factory string, ...)."""
+
+
+class IndexIntegrityError(IndexError_):
+    """A published file is missing, has the wrong checksum, or does not match its manifest."""
+
+
+class NoLiveVersionError(IndexIntegrityError):
+    """``ROOT/CURRENT`` does not exist (nothing published yet) or names a version that is not there."""
+
+
+class RecallBelowFloorError(IndexError_):
+    """The recall self-check of a freshly built version is below the requested floor; it was not published."""
+
+    def __init__(self, message: str, version: str = "", manifest: dict | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+        self.manifest = manifest or {}

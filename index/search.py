@@ -1,0 +1,199 @@
+"""``SearchIndex``: load the live (or a given) version of an index root and search it.
+
+    idx = SearchIndex.open("gs://bucket/index")      # resolves CURRENT once, verifies every file's sha256
+    res = idx.search(queries, k=10)                   # scores [Q,k] float32 (inner product), ids [Q,k] int64
+    res.image_ids, res.uris                           # list[list[str]] ("" where ids == -1)
+
+All shards share one trained quantizer, so they are merged into one in-memory index at open time: searching it at
+nprobe p is exactly searching every shard at nprobe p and merging the per-shard top-k (the same inverted lists are
+probed), with one copy of the coarse quantizer and tables instead of one per shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index import layout, storage
+from index.errors import IndexIntegrityError, NoLiveVersionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SearchResult:
+    scores: np.ndarray              # [Q, k] float32, inner product (-inf where ids == -1)
+    ids: np.ndarray                 # [Q, k] int64 FAISS ids, -1 = no result
+    image_ids: list[list[str]]
+    uris: list[list[str]]
+
+    def records(self, q: int = 0) -> list[dict[str, Any]]:
+        """Results of query ``q`` as dicts (rank, score, faiss_id, image_id, uri), skipping empty slots."""
+        return [{"rank": r + 1, "score": float(self.scores[q, r]), "faiss_id": int(self.ids[q, r]),
+                 "image_id": self.image_ids[q][r], "uri": self.uris[q][r]}
+                for r in range(self.ids.shape[1]) if self.ids[q, r] >= 0]
+
+
+def _read_verified(root_vdir: str, entry: dict[str, Any], verify: bool, what: str) -> bytes:
+    url = storage.join(root_vdir, entry["path"])
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError as e:
+        raise IndexIntegrityError(f"{what} is missing: {url}") from e
+    if verify:
+        if "bytes" in entry and len(data) != entry["bytes"]:
+            raise IndexIntegrityError(f"{what} {url} has {len(data)} bytes, the manifest says {entry['bytes']}: "
+                                      "the file is truncated or was replaced; refusing to load it")
+        sha = storage.sha256_bytes(data)
+        if sha != entry["sha256"]:
+            raise IndexIntegrityError(f"{what} {url} fails its checksum (sha256 {sha[:16]}…, manifest "
+                                      f"{entry['sha256'][:16]}…): the file is corrupt or was modified; refusing it")
+    return data
+
+
+class SearchIndex:
+    def __init__(self, root: str, manifest: dict[str, Any], index: Any, ids: np.ndarray, image_ids: pa.Array,
+                 uris: pa.Array, nprobe: int | None) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.index = index
+        self._ids = ids
+        self._image_ids = image_ids
+        self._uris = uris
+        self._nprobe: int | None = None
+        if self.nlist:
+            self.nprobe = nprobe or manifest.get("nprobe") or 1
+
+    # ---- opening ----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str, nprobe: int | None = None, *, version: str | None = None, verify: bool = True,
+             retries: int = 3) -> SearchIndex:
+        """Open the live version (``CURRENT``) or ``version``. If the live version changes while it is being read
+        (a publish and retention raced with us), the new live version is read instead."""
+        last_error: Exception | None = None
+        for _ in range(max(1, retries)):
+            name = version or layout.read_current(root)
+            if name is None:
+                raise NoLiveVersionError(f"{root} has no {layout.CURRENT}: nothing has been published there yet")
+            try:
+                return cls.from_manifest(root, layout.read_manifest(root, name), nprobe=nprobe, verify=verify)
+            except IndexIntegrityError as e:
+                if version is not None or layout.read_current(root) == name:
+                    raise
+                last_error = e
+                log.info("live version changed while opening %s (%s); retrying", name, e)
+        assert last_error is not None
+        raise last_error
+
+    @classmethod
+    def from_manifest(cls, root: str, manifest: dict[str, Any], nprobe: int | None = None,
+                      verify: bool = True) -> SearchIndex:
+        import faiss
+
+        vdir = layout.version_dir(root, manifest["version"])
+        trained = storage.index_from_bytes(_read_verified(vdir, manifest["trained"], verify, "trained index"))
+        index = trained
+        id_parts, image_parts, uri_parts = [], [], []
+        for shard in manifest["shards"]:
+            what = f"shard {shard['shard']}"
+            part = storage.index_from_bytes(_read_verified(vdir, shard, verify, what),
+                                            faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+            if part.ntotal != shard["count"]:
+                raise IndexIntegrityError(f"{what} holds {part.ntotal} vectors, the manifest says {shard['count']}")
+            if part.d != manifest["dim"]:
+                raise IndexIntegrityError(f"{what} has dim {part.d}, the manifest says {manifest['dim']}")
+            index.merge_from(part, 0)
+            del part
+            table = pq.read_table(io.BytesIO(_read_verified(vdir, shard["idmap"], verify, f"id map of {what}")))
+            if table.num_rows != shard["count"]:
+                raise IndexIntegrityError(f"id map of {what} has {table.num_rows} rows for {shard['count']} vectors")
+            id_parts.append(table.column("faiss_id").to_numpy())
+            image_parts.append(table.column("image_id"))
+            uri_parts.append(table.column("uri"))
+        if verify and manifest.get("selfcheck", {}).get("path"):
+            _read_verified(vdir, manifest["selfcheck"], verify, "self-check table")
+        if index.ntotal != manifest["count"]:
+            raise IndexIntegrityError(f"shards hold {index.ntotal} vectors, the manifest says {manifest['count']}")
+        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        image_ids = pa.chunked_array(image_parts, pa.string()).combine_chunks().take(pa.array(order))
+        uris = pa.chunked_array(uri_parts, pa.string()).combine_chunks().take(pa.array(order))
+        return cls(root, manifest, index, ids[order], image_ids, uris, nprobe)
+
+    # ---- properties -------------------------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def nlist(self) -> int | None:
+        import faiss
+
+        try:
+            return int(faiss.extract_index_ivf(self.index).nlist)
+        except RuntimeError:
+            return None
+
+    @property
+    def nprobe(self) -> int | None:
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        import faiss
+
+        nlist = self.nlist
+        if not nlist:
+            return
+        value = max(1, min(int(value), nlist))
+        ps = faiss.ParameterSpace()
+        ps.set_index_parameter(self.index, "nprobe", value)
+        if "_HNSW" in self.manifest.get("factory", ""):
+            ps.set_index_parameter(self.index, "quantizer_efSearch", max(64, 2 * value))
+        self._nprobe = value
+
+    # ---- search -----------------------------------------------------------------------------------------------------
+
+    def search(self, vectors: np.ndarray, k: int) -> SearchResult:
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"queries must be [Q, {self.dim}], got {tuple(np.shape(vectors))}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        x = np.ascontiguousarray(x)
+        scores, ids = self.index.search(x, k)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        image_ids, uris = self.lookup(ids)
+        return SearchResult(scores=scores, ids=ids.astype(np.int64), image_ids=image_ids, uris=uris)
+
+    def lookup(self, ids: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+        """FAISS ids [Q, k] -> (image_ids, uris) as nested lists; "" for -1 or unknown ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.reshape(-1)
+        pos = np.searchsorted(self._ids, flat)
+        pos = np.minimum(pos, max(len(self._ids) - 1, 0))
+        found = (flat >= 0) & (len(self._ids) > 0)
+        if len(self._ids):
+            found &= self._ids[pos] == flat
+        take = pa.array(np.where(found, pos, 0))
+        img = self._image_ids.take(take).to_pylist() if len(self._ids) else [""] * len(flat)
+        uri = self._uris.take(take).to_pylist() if len(self._ids) else [""] * len(flat)
+        img = [v if ok else "" for v, ok in zip(img, found, strict=True)]
+        uri = [(v or "") if ok else "" for v, ok in zip(uri, found, strict=True)]
+        k = ids.shape[-1] if ids.ndim else 1
+        return [img[i:i + k] for i in range(0, len(img), k)], [uri[i:i + k] for i in range(0, len(uri), k)]

@@ -1,0 +1,242 @@
+"""Reading embedding tables (Parquet) in record batches.
+
+Inputs may be files, directories of ``*.parquet`` parts, or globs, locally or on any fsspec filesystem. Only the
+footers are read to plan the work (row counts, row groups, schema); vectors are read row group by row group, so a
+1M x 768 table (3 GB) is never held in memory by the planner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from index import storage
+from index.errors import EmbeddingsError, ModelMismatchError
+
+REQUIRED = ("image_id", "uri", "embedding", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    url: str
+    rows: int
+    row_group_rows: tuple[int, ...]
+    size: int
+    modified: str | None
+
+    @property
+    def row_group_offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.row_group_rows)]).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """A run of consecutive row groups of one file: the unit of parallel work."""
+
+    index: int
+    url: str
+    row_groups: tuple[int, ...]
+    rows: int
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[str]:
+    """Files, directories (``*.parquet`` inside, recursively) and globs -> sorted, de-duplicated URLs."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    urls: list[str] = []
+    for item in inputs:
+        item = str(item)
+        fs, path = storage.fs_path(item)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        prefix = "" if storage.is_local(fs) else f"{protocol}://"
+        if any(ch in path for ch in "*?["):
+            found = [p for p in fs.glob(path) if fs.isfile(p)]
+        elif fs.isdir(path):
+            found = [p for p in fs.find(path) if p.endswith(".parquet")
+                     and not any(part.startswith((".", "_")) for part in p[len(path):].split("/") if part)]
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise EmbeddingsError(f"embeddings input not found: {item}")
+        if not found:
+            raise EmbeddingsError(f"no Parquet files in {item}")
+        urls.extend(prefix + p if prefix and not p.startswith(prefix) else p for p in sorted(found))
+    return sorted(dict.fromkeys(urls))
+
+
+def _open(url: str) -> pq.ParquetFile:
+    fs, path = storage.fs_path(url)
+    return pq.ParquetFile(fs.open(path, "rb"))
+
+
+def embedding_dim(field: pa.Field) -> int | None:
+    t = field.type
+    if pa.types.is_fixed_size_list(t):
+        return t.list_size
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return None
+    raise EmbeddingsError(f"column 'embedding' must be a list of float32, got {t}")
+
+
+class EmbeddingSource:
+    """The files of one build, their schema checks, and batch readers."""
+
+    def __init__(self, files: list[SourceFile], dim: int, model: str | None) -> None:
+        self.files = files
+        self.dim = dim
+        self.model = model
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @classmethod
+    def open(cls, inputs: Sequence[str], check_model: bool = True) -> EmbeddingSource:
+        files: list[SourceFile] = []
+        dim: int | None = None
+        for url in expand_inputs(inputs):
+            pf = _open(url)
+            schema = pf.schema_arrow
+            missing = [c for c in REQUIRED if c not in schema.names]
+            if missing:
+                raise EmbeddingsError(f"{url}: missing column(s) {missing}; has {schema.names}")
+            file_dim = embedding_dim(schema.field("embedding"))
+            if file_dim is None and pf.metadata.num_rows:
+                first = pf.read_row_group(0, columns=["embedding"]).column("embedding")
+                lengths = pc.unique(pc.list_value_length(first)).to_pylist()
+                file_dim = lengths[0] if len(lengths) == 1 and lengths[0] is not None else None
+                if file_dim is None:
+                    raise EmbeddingsError(f"{url}: embedding lists have varying lengths {lengths}")
+            if file_dim is not None:
+                if dim is not None and file_dim != dim:
+                    raise EmbeddingsError(f"{url}: embedding dim {file_dim}, other inputs have {dim}")
+                dim = file_dim
+            meta = pf.metadata
+            rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            finfo = storage.info(url)
+            modified = finfo.get("mtime") or finfo.get("updated") or finfo.get("LastModified")
+            files.append(SourceFile(url=url, rows=meta.num_rows, row_group_rows=rg_rows,
+                                    size=int(finfo.get("size") or 0),
+                                    modified=str(modified) if modified is not None else None))
+        if dim is None or not any(f.rows for f in files):
+            raise EmbeddingsError(f"no embedding rows in {list(inputs)}")
+        model = cls._model_fingerprint(files) if check_model else None
+        return cls(files, dim, model)
+
+    @staticmethod
+    def _model_fingerprint(files: list[SourceFile]) -> str:
+        """The one ``model`` value of all rows (row-group statistics when present, else a column scan)."""
+        seen: dict[str, str] = {}
+        for f in files:
+            pf = _open(f.url)
+            col = pf.schema_arrow.get_field_index("model")
+            for i in range(pf.metadata.num_row_groups):
+                if not f.row_group_rows[i]:
+                    continue
+                stats = pf.metadata.row_group(i).column(col).statistics
+                if stats is not None and stats.has_min_max and stats.null_count == 0 and stats.min == stats.max:
+                    values = [stats.min.decode() if isinstance(stats.min, bytes) else stats.min]
+                else:
+                    column = pf.read_row_group(i, columns=["model"]).column("model")
+                    if column.null_count:
+                        raise ModelMismatchError(f"{f.url}: {column.null_count} row(s) without a model fingerprint")
+                    values = pc.unique(column).to_pylist()
+                for v in values:
+                    seen.setdefault(v, f.url)
+                if len(seen) > 1:
+                    shown = ", ".join(f"{k!r} (in {u})" for k, u in list(seen.items())[:4])
+                    raise ModelMismatchError(
+                        f"embeddings of one build must come from one model; found fingerprints {shown}. "
+                        "Re-embed with one checkpoint or build separate indexes.")
+        return next(iter(seen))
+
+    def work_units(self, rows_per_unit: int = 100_000) -> list[WorkUnit]:
+        units: list[WorkUnit] = []
+        for f in self.files:
+            current: list[int] = []
+            rows = 0
+            for i, n in enumerate(f.row_group_rows):
+                if current and rows + n > rows_per_unit:
+                    units.append(WorkUnit(len(units), f.url, tuple(current), rows))
+                    current, rows = [], 0
+                current.append(i)
+                rows += n
+            if current and rows:
+                units.append(WorkUnit(len(units), f.url, tuple(current), rows))
+        return units
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"path": f.url, "rows": f.rows, "bytes": f.size, "modified": f.modified} for f in self.files]
+
+
+def iter_unit_batches(unit: WorkUnit, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    pf = _open(unit.url)
+    yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns))
+
+
+def vectors(column: pa.Array | pa.ChunkedArray, dim: int, where: str = "") -> np.ndarray:
+    """A list<float> / fixed_size_list<float> column -> contiguous float32 [n, dim]."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    if column.null_count:
+        raise EmbeddingsError(f"{where}: {column.null_count} row(s) with a null embedding")
+    if pa.types.is_fixed_size_list(column.type):
+        if column.type.list_size != dim:
+            raise EmbeddingsError(f"{where}: embedding dim {column.type.list_size}, expected {dim}")
+        flat = column.flatten()
+    else:
+        lengths = pc.list_value_length(column)
+        if n and (pc.min(lengths).as_py() != dim or pc.max(lengths).as_py() != dim):
+            raise EmbeddingsError(f"{where}: embedding lengths {pc.min(lengths)}..{pc.max(lengths)}, expected {dim}")
+        flat = column.flatten()
+    if flat.null_count:
+        raise EmbeddingsError(f"{where}: embeddings contain null elements")
+    arr = flat.to_numpy(zero_copy_only=False).reshape(n, dim)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise EmbeddingsError(f"{where}: embeddings contain NaN or inf")
+    return arr
+
+
+def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] = ("embedding",)) -> dict[str, Any]:
+    """Read the given global row numbers (any order) -> {"embedding": [n, d] float32, other columns: lists},
+    in the order given. Touches only the row groups that hold a requested row."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    parts: dict[str, list[Any]] = {c: [] for c in columns}
+    start = 0
+    for f in source.files:
+        lo, hi = np.searchsorted(sorted_rows, [start, start + f.rows])
+        if hi > lo:
+            local = sorted_rows[lo:hi] - start
+            offsets = f.row_group_offsets
+            pf = _open(f.url)
+            groups = np.searchsorted(offsets, local, side="right") - 1
+            for g in np.unique(groups):
+                sel = local[groups == g] - offsets[g]
+                table = pf.read_row_group(int(g), columns=list(columns)).take(pa.array(sel))
+                for c in columns:
+                    if c == "embedding":
+                        parts[c].append(vectors(table.column(c), source.dim, f"{f.url} row group {g}"))
+                    else:
+                        parts[c].append(table.column(c).to_pylist())
+        start += f.rows
+    out: dict[str, Any] = {}
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    for c in columns:
+        if c == "embedding":
+            stacked = np.concatenate(parts[c]) if parts[c] else np.zeros((0, source.dim), np.float32)
+            out[c] = np.ascontiguousarray(stacked[inverse])
+        else:
+            flat = [x for p in parts[c] for x in p]
+            out[c] = [flat[i] for i in inverse]
+    return out

@@ -1,0 +1,76 @@
+"""The seeded random training sample and the one trained empty index that every shard starts from."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from index.errors import FactoryError
+from index.source import EmbeddingSource, read_rows
+
+log = logging.getLogger(__name__)
+
+
+def draw_rows(n_total: int, n_train: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint, seeded, uniformly random global row numbers: (training rows, held-out query rows).
+    Not the first N rows: inputs are often sorted (by source, date, id) and a prefix is a biased sample."""
+    n_queries = min(n_queries, n_total)
+    n_train = min(n_train, n_total - n_queries) if n_total > n_queries else 0
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(n_total, size=n_train + n_queries, replace=False)
+    return np.sort(chosen[:n_train]), np.sort(chosen[n_train:])
+
+
+def metric_of(name: str) -> int:
+    import faiss
+
+    if name in ("ip", "inner_product", "METRIC_INNER_PRODUCT"):
+        return faiss.METRIC_INNER_PRODUCT
+    if name in ("l2", "METRIC_L2"):
+        return faiss.METRIC_L2
+    raise ValueError(f"unknown metric {name!r} (ip or l2)")
+
+
+def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "ip", seed: int = 0):
+    """``faiss.index_factory`` + train on ``sample``; checks the result can hold ids and be merged across shards."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(d, factory, metric_of(metric))
+    except RuntimeError as e:
+        raise FactoryError(f"faiss cannot build factory {factory!r} for dim {d}: {e}") from e
+    ivf = _ivf_or_none(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        ivf.cp.niter = max(ivf.cp.niter, 10)
+    if not index.is_trained:
+        if len(sample) == 0:
+            raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
+        t0 = time.time()
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.time() - t0)
+    # every shard is a clone of this index; it must take explicit ids and merge with its siblings
+    a, b = faiss.clone_index(index), faiss.clone_index(index)
+    try:
+        probe = np.zeros((1, d), np.float32)
+        b.add_with_ids(probe, np.array([1], np.int64))
+        a.merge_from(b, 0)
+    except RuntimeError as e:
+        raise FactoryError(f"factory {factory!r} cannot be sharded (add_with_ids + merge_from failed: {e}); "
+                           "use Flat, IVF*, PQ or SQ factories") from e
+    return index
+
+
+def _ivf_or_none(index):
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def sample_vectors(source: EmbeddingSource, rows: np.ndarray) -> np.ndarray:
+    return read_rows(source, rows, ("embedding",))["embedding"] if len(rows) else np.zeros((0, source.dim), np.float32)
