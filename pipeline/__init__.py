@@ -1,0 +1,1 @@
+"""Pipelines assembled from ``transforms``: ``pipeline.index_job`` (images -> embeddings Parquet)."""

@@ -1,0 +1,47 @@
+"""``ldot index``: embed images into Parquet with the Beam pipeline (unknown flags go to Beam)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pipeline.index_job import IndexJob, JobError, run_index_job
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("inputs", nargs=-1)
+@click.option("--output", "-o", required=True, help="Output directory (local path or fsspec URL).")
+@click.option("--checkpoint", help="LightningDOT checkpoint (coco-ft.pt, flickr-ft.pt, LightningDot.pt, ours).")
+@click.option("--encoder-config", help="Encoder size JSON (default: configs/encoder/base.json).")
+@click.option("--detector-weights", help="Bottom-up-attention detector weights (.pkl converted from Caffe, or .pth).")
+@click.option("--detector-config", help="Detector YAML (default: configs/detector/butd_r101_c4.yaml).")
+@click.option("--regions", help="Skip detection: read region features (regions Parquet, UNITER LMDB or BUTD TSV).")
+@click.option("--keep-regions", is_flag=True, help="Also write the region features to OUTPUT/regions/.")
+@click.option("--random-weights", is_flag=True, help="Random weights for both models: smoke runs and demos only.")
+@click.option("--max-failure-rate", type=float, help="Exit non-zero when more than this fraction of inputs fail.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (CUDA when the worker has it).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--detector-batch-size", default=4, show_default=True, help="Images per detector forward pass.")
+@click.option("--encoder-batch-size", default=64, show_default=True, help="Images per encoder forward pass.")
+@click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
+@click.option("--overwrite", is_flag=True, help="Replace the tables of an earlier run in OUTPUT.")
+@click.pass_context
+def index_cmd(ctx: click.Context, inputs: tuple[str, ...], workers: int | None, **options: object) -> None:
+    """Embed INPUT images (directories, globs, files, fsspec URLs, .csv/.jsonl/.parquet manifests).
+
+    Writes OUTPUT/embeddings/*.parquet, OUTPUT/failures/*.parquet and OUTPUT/run.json. Any other flag
+    (--runner, --project, --region, --setup_file, --temp_location, ...) is passed to Beam.
+    """
+    job = IndexJob(inputs=list(inputs), beam_args=list(ctx.args), **options)  # type: ignore[arg-type]
+    try:
+        report = run_index_job(job, workers=workers)
+    except JobError as e:
+        click.echo(f"ldot index: {e}", err=True)
+        sys.exit(2)
+    counts = report["counts"]
+    click.echo(json.dumps({"embedded": counts["embedded"], "failed": counts["failed"],
+                           "failed_by_error": counts["failed_by_error"], "seconds": report["seconds"],
+                           "images_per_s": report["images_per_s"], "model": report["model"],
+                           "output": report["output"]}, indent=2))

@@ -1,0 +1,216 @@
+"""The main job: INPUT images (or pre-extracted regions) -> LightningDOT embeddings in Parquet, as one Beam
+pipeline, plus ``run.json``. ``run_index_job`` is what ``ldot index`` and the nightly job call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import fsspec
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.decoding import DEFAULT_MAX_PIXELS, DecodeImages
+from transforms.embedding import EmbedRegions
+from transforms.listing import ListImages
+from transforms.models import DetectorSpec, EncoderSpec
+from transforms.progress import ReportProgress
+from transforms.reading import ReadImageBytes
+from transforms.records import FAILED
+from transforms.regions import ExtractRegions, ReadPrecomputedRegions
+from transforms.writing import FAILURES_SCHEMA, WriteRows, embeddings_schema
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DETECTOR_CONFIG = REPO / "configs" / "detector" / "butd_r101_c4.yaml"
+
+
+class JobError(RuntimeError):
+    """The run could not start or did not meet its guard (exit non-zero with this message)."""
+
+
+@dataclass
+class IndexJob:
+    inputs: list[str]
+    output: str
+    checkpoint: str | None = None
+    encoder_config: str | None = None
+    detector_config: str | None = None
+    detector_weights: str | None = None
+    regions: str | None = None
+    keep_regions: bool = False
+    random_weights: bool = False
+    max_failure_rate: float | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    detector_batch_size: int = 4
+    encoder_batch_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    beam_args: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.inputs and not self.regions:
+            raise JobError("nothing to index: give INPUT paths or --regions")
+        if self.checkpoint is None and not self.random_weights:
+            raise JobError("no LightningDOT weights: give --checkpoint PATH (e.g. coco-ft.pt), or --random-weights "
+                           "for a smoke run")
+        if self.regions is None and self.detector_weights is None and not self.random_weights:
+            raise JobError("no detector weights: give --detector-weights PATH (a BUTD .pkl/.pth), --regions PATH "
+                           "to use pre-extracted features, or --random-weights for a smoke run")
+        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
+            raise JobError(f"--max-failure-rate must be within 0..1, got {self.max_failure_rate}")
+
+
+@dataclass
+class Models:
+    encoder: EncoderSpec
+    detector: DetectorSpec | None
+    model_fingerprint: str
+    detector_fingerprint: str
+
+
+def prepare_models(job: IndexJob) -> Models:
+    """Load both models once in the launcher: fail fast on bad weights or configs, and fingerprint them."""
+    from encoders.lightningdot import LightningDOT
+
+    if job.checkpoint is None:
+        model = LightningDOT.random(job.encoder_config, seed=0)
+    else:
+        model = LightningDOT.from_checkpoint(job.checkpoint, job.encoder_config)
+    encoder = EncoderSpec(config=tuple(sorted(model.config.to_dict().items())), checkpoint=job.checkpoint,
+                          device=job.device, dtype=job.dtype)
+    model_fp = model.fingerprint
+    del model
+    if job.regions is not None:
+        return Models(encoder, None, model_fp, "precomputed")
+    from encoders.regions import RegionExtractor
+
+    config_path = job.detector_config or str(DEFAULT_DETECTOR_CONFIG)
+    extractor = RegionExtractor.from_config(config_path, weights=job.detector_weights, device="cpu")
+    # Workers get the merged config (``_BASE_`` resolved), so they need no access to the launcher's files.
+    detector = DetectorSpec(config_text=extractor.cfg.dump(), config_name=Path(config_path).name,
+                            weights=job.detector_weights, device=job.device, batch_size=job.detector_batch_size)
+    detector_fp = extractor.fingerprint
+    return Models(encoder, detector, model_fp, detector_fp)
+
+
+def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str, beam.PCollection]:
+    """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
+    failures = []
+    if job.regions is not None:
+        regions = p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions)
+    else:
+        listed = p | "List" >> ListImages(job.inputs)
+        read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
+        decoded = read.ok | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels)).with_outputs(FAILED, main="ok")
+        extracted = (decoded.ok
+                     | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
+                     | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))
+        failures += [listed[FAILED], read[FAILED], decoded[FAILED], extracted[FAILED]]
+        regions = extracted.ok
+    embedded = (regions
+                | "BatchRegions" >> beam.BatchElements(
+                    min_batch_size=1, max_batch_size=job.encoder_batch_size,
+                    length_fn=lambda r: r.regions.num_boxes, bucket_boundaries=[16, 32, 48, 64, 80])
+                | "Embed" >> beam.ParDo(EmbedRegions(models.encoder, models.model_fingerprint,
+                                                     models.detector_fingerprint)).with_outputs(FAILED, main="ok"))
+    failures.append(embedded[FAILED])
+    all_failures = failures | "AllFailures" >> beam.Flatten()
+    out = job.output.rstrip("/")
+    embedded.ok | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
+    all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
+    if job.keep_regions:
+        from features.regions_table import REGIONS_SCHEMA, regions_to_row
+
+        (regions
+         | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
+         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64))
+    markers = ((embedded.ok | "OkMarker" >> beam.Map(lambda _: "ok"),
+                all_failures | "FailMarker" >> beam.Map(lambda _: "failed"))
+               | "Markers" >> beam.Flatten())
+    markers | "Progress" >> beam.ParDo(ReportProgress())
+    return {"embeddings": embedded.ok, "failures": all_failures}
+
+
+def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
+    """Unknown CLI flags go to Beam untouched; without --runner, the embedded local runner."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=FnApiRunner")
+    if workers and workers > 1:
+        args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    return PipelineOptions(args)
+
+
+def _prepare_output(job: IndexJob) -> None:
+    fs, root = fsspec.core.url_to_fs(job.output)
+    for sub in ("embeddings", "failures", "regions"):
+        path = f"{root.rstrip('/')}/{sub}"
+        if fs.exists(path) and fs.ls(path):
+            if not job.overwrite:
+                raise JobError(f"{job.output}/{sub} already holds files: pass --overwrite or choose another --output")
+            fs.rm(path, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+
+
+def count_table(directory: str) -> tuple[int, list[dict[str, Any]]]:
+    """Row count of a Parquet directory, and its rows when it is small (the failures table)."""
+    fs, path = fsspec.core.url_to_fs(directory)
+    files = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet")) if fs.exists(path) else []
+    total, rows = 0, []
+    for name in files:
+        with fs.open(name, "rb") as f:
+            table = pq.read_table(f)
+        total += table.num_rows
+        if "stage" in table.column_names:
+            rows += table.to_pylist()
+    return total, rows
+
+
+def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
+    """Run to completion and return (and write) the run report; raises JobError on a broken guard."""
+    job.validate()
+    if job.random_weights:
+        log.warning("RANDOM WEIGHTS: embeddings are meaningless; for smoke runs and demos only")
+    _prepare_output(job)
+    started = time.time()
+    models = prepare_models(job)
+    options = pipeline_options(job.beam_args, workers)
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, job, models)
+    seconds = time.time() - started
+    out = job.output.rstrip("/")
+    embedded, _ = count_table(f"{out}/embeddings")
+    failed, failure_rows = count_table(f"{out}/failures")
+    by_stage: dict[str, int] = {}
+    by_error: dict[str, int] = {}
+    for row in failure_rows:
+        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + 1
+        by_error[row["error"]] = by_error.get(row["error"], 0) + 1
+    total = embedded + failed
+    rate = failed / total if total else 0.0
+    report = {
+        "inputs": job.inputs, "regions": job.regions, "output": job.output,
+        "counts": {"inputs": total, "embedded": embedded, "failed": failed, "failed_by_stage": by_stage,
+                   "failed_by_error": by_error},
+        "failure_rate": rate, "seconds": round(seconds, 3),
+        "images_per_s": round(total / seconds, 3) if seconds > 0 else None,
+        "model": models.model_fingerprint, "detector": models.detector_fingerprint,
+        "random_weights": job.random_weights,
+        "runner": options.get_all_options().get("runner"), "workers": workers,
+        "flags": {k: v for k, v in asdict(job).items() if k not in ("inputs",)},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    with fsspec.open(f"{out}/run.json", "w") as f:
+        json.dump(report, f, indent=2)
+    if job.max_failure_rate is not None and rate > job.max_failure_rate:
+        raise JobError(f"failure rate {rate:.1%} ({failed} of {total}) exceeds --max-failure-rate "
+                       f"{job.max_failure_rate:.1%}; see {out}/failures/")
+    return report
