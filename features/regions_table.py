@@ -1,0 +1,165 @@
+"""The regions table: region features in Parquet, one row per image.
+
+Written by ``ldot regions`` and by the indexing pipeline with ``--keep-regions``; read back by
+:func:`features.read_regions`. ``features`` and ``soft_labels`` are flattened row-major and stored as fp16
+(as UNITER stores them); ``num_boxes`` gives the row count, the feature size is ``len(features) / num_boxes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from encoders.regions.types import Regions
+
+REGIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("num_boxes", pa.int32(), nullable=False),
+        pa.field("features", pa.list_(pa.float16()), nullable=False),
+        pa.field("norm_bb", pa.list_(pa.float32()), nullable=False),
+        pa.field("boxes", pa.list_(pa.float32()), nullable=False),
+        pa.field("conf", pa.list_(pa.float32()), nullable=False),
+        pa.field("soft_labels", pa.list_(pa.float16())),
+    ],
+    metadata={b"lightningdot_index.table": b"regions", b"lightningdot_index.regions_version": b"1"},
+)
+
+
+def regions_to_row(image_id: str, uri: str | None, regions: Regions, with_soft_labels: bool = True) -> dict:
+    """One table row (plain Python/numpy values) for :data:`REGIONS_SCHEMA`."""
+    soft = None
+    if with_soft_labels and regions.soft_labels is not None:
+        soft = regions.soft_labels.astype(np.float16).reshape(-1)
+    return {
+        "image_id": str(image_id),
+        "uri": None if uri is None else str(uri),
+        "width": int(regions.width),
+        "height": int(regions.height),
+        "num_boxes": int(regions.num_boxes),
+        "features": regions.features.astype(np.float16).reshape(-1),
+        "norm_bb": regions.norm_bb.astype(np.float32).reshape(-1),
+        "boxes": regions.boxes.astype(np.float32).reshape(-1),
+        "conf": regions.conf.astype(np.float32).reshape(-1),
+        "soft_labels": soft,
+    }
+
+
+def _as_array(value, dtype) -> np.ndarray:
+    if value is None:
+        return None
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return value.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return np.asarray(value, dtype=dtype)
+
+
+def row_to_regions(row: dict) -> Regions:
+    """Inverse of :func:`regions_to_row` (fp16 columns come back as float32)."""
+    n = int(row["num_boxes"])
+    feats = _as_array(row["features"], np.float32)
+    if n == 0:
+        feats = feats.reshape(0, 2048 if feats.size == 0 else -1)
+    else:
+        if feats.size % n:
+            raise ValueError(f"{row.get('image_id')}: {feats.size} feature values do not split into {n} boxes")
+        feats = feats.reshape(n, -1)
+    soft = _as_array(row.get("soft_labels"), np.float32)
+    if soft is not None:
+        soft = soft.reshape(n, -1) if n else soft.reshape(0, 1601)
+    return Regions(
+        features=feats,
+        boxes=_as_array(row["boxes"], np.float32).reshape(n, 4),
+        norm_bb=_as_array(row["norm_bb"], np.float32).reshape(n, 6),
+        conf=_as_array(row["conf"], np.float32).reshape(n),
+        soft_labels=soft,
+        width=int(row["width"]),
+        height=int(row["height"]),
+    )
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=REGIONS_SCHEMA)
+
+
+class RegionsWriter:
+    """Writes ``<dir>/<prefix>-00000.parquet``, ``-00001`` ... with at most ``rows_per_file`` rows each."""
+
+    def __init__(self, directory: str | Path, prefix: str = "regions", rows_per_file: int = 1000,
+                 with_soft_labels: bool = True):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.rows_per_file = max(1, int(rows_per_file))
+        self.with_soft_labels = with_soft_labels
+        self._rows: list[dict] = []
+        self.files: list[Path] = []
+        self.count = 0
+
+    def write(self, image_id: str, uri: str | None, regions: Regions) -> None:
+        self._rows.append(regions_to_row(image_id, uri, regions, self.with_soft_labels))
+        self.count += 1
+        if len(self._rows) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        path = self.directory / f"{self.prefix}-{len(self.files):05d}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(rows_to_table(self._rows), tmp)
+        tmp.replace(path)
+        self.files.append(path)
+        self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> RegionsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parquet_files(path: str) -> list[str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(path))
+    if fs.isdir(root):
+        files = sorted(p for p in fs.find(root) if p.endswith(".parquet"))
+        if not files:
+            raise FileNotFoundError(f"no .parquet files under {path}")
+    else:
+        files = [root]
+    return [fs.unstrip_protocol(f) if "://" in str(path) else f for f in files]
+
+
+def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tuple[str, Regions]]:
+    """Yield ``(image_id, Regions)`` from a regions table file or a directory of parts (sorted by name)."""
+    import fsspec
+
+    for file in _parquet_files(str(path)):
+        with fsspec.open(file, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            missing = {"image_id", "num_boxes", "features", "norm_bb", "boxes", "conf", "width", "height"} - names
+            if missing:
+                raise ValueError(f"{file}: not a regions table (missing columns {sorted(missing)})")
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                cols = {name: batch.column(name) for name in batch.schema.names}
+                for i in range(batch.num_rows):
+                    row = {}
+                    for name, col in cols.items():
+                        scalar = col[i]
+                        if isinstance(scalar, (pa.ListScalar, pa.LargeListScalar, pa.FixedSizeListScalar)):
+                            row[name] = scalar.values if scalar.is_valid else None
+                        else:
+                            row[name] = scalar.as_py()
+                    yield row["image_id"], row_to_regions(row)

@@ -1,0 +1,121 @@
+"""Reader for UNITER image DBs (the region features UNITER and LightningDOT were trained on).
+
+Layout (UNITER's ``scripts/convert_imgdir.py``, read by ``data/data.py`` ``DetectFeatLmdb``)::
+
+    <img_db>/feat_th0.2_max100_min10[_compressed]/   LMDB; key = feature file name (e.g. coco_val2014_000000000042.npz)
+    <img_db>/nbb_th0.2_max100_min10.json             {name: number of boxes}
+    (or <img_db>/all[_compressed]/ with every stored box and no json)
+
+Each record holds fp16 ``features`` [N,2048], ``norm_bb`` [N,6], ``conf`` [N] and ``soft_labels`` [N,1601]:
+an ``.npz`` archive (``*_compressed`` DBs, ``np.savez_compressed``) or msgpack with msgpack_numpy arrays.
+A record is cut to the box count of the json, else to UNITER's rule ``clamp(#(conf > th), min, max)``.
+Records hold no image size, so the Regions have ``width = height = 0`` and ``boxes = norm_bb[:, :4]``
+(normalised coordinates). The LMDB's ``__keys__`` entry is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from encoders.regions.types import Regions
+from features._msgpack import unpackb
+
+
+def compute_num_bb(conf: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:
+    """UNITER's ``compute_num_bb``: ``min(max_bb, max(min_bb, #(conf > conf_th)))``."""
+    return int(min(max_bb, max(min_bb, int((np.asarray(conf) > conf_th).sum()))))
+
+
+def is_lmdb_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "data.mdb").is_file()
+
+
+def find_uniter_db(
+    path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
+) -> tuple[Path, Path | None]:
+    """``(lmdb_dir, nbb_json or None)`` for an image DB directory or an LMDB directory inside one."""
+    path = Path(path)
+    if path.is_file() and path.name == "data.mdb":
+        path = path.parent
+    nbb_name = f"nbb_th{conf_th}_max{max_bb}_min{min_bb}.json"
+    if is_lmdb_dir(path):
+        nbb = path.parent / nbb_name
+        name = path.name
+        # the 'all' DBs keep every box: the json (if any) says how many to use
+        return path, nbb if nbb.is_file() and not name.startswith("feat_numbb") else None
+    preferred = [f"feat_th{conf_th}_max{max_bb}_min{min_bb}", f"feat_th{conf_th}_max{max_bb}_min{min_bb}_compressed",
+                 "all", "all_compressed"]
+    for name in preferred:
+        if is_lmdb_dir(path / name):
+            nbb = path / nbb_name
+            return path / name, nbb if nbb.is_file() else None
+    candidates = sorted(p for p in path.iterdir() if is_lmdb_dir(p)) if path.is_dir() else []
+    if candidates:
+        return candidates[0], None
+    raise FileNotFoundError(f"{path}: no UNITER image DB (an LMDB directory with data.mdb) found")
+
+
+def decode_record(value: bytes) -> dict[str, np.ndarray]:
+    """One LMDB value -> dict of arrays (npz archive or msgpack)."""
+    if value[:2] == b"PK":  # zip: np.savez[_compressed]
+        with np.load(io.BytesIO(value), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    obj = unpackb(value)
+    if not isinstance(obj, dict):
+        raise ValueError("UNITER record is not a map")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def record_to_regions(rec: dict[str, np.ndarray], nbb: int | None, conf_th: float, min_bb: int,
+                      max_bb: int) -> Regions:
+    feats = np.asarray(rec["features"], dtype=np.float32)
+    norm_bb = np.asarray(rec["norm_bb"], dtype=np.float32)
+    n = feats.shape[0]
+    conf = np.asarray(rec["conf"], dtype=np.float32).reshape(-1) if "conf" in rec else None
+    if nbb is None:
+        nbb = compute_num_bb(conf, conf_th, min_bb, max_bb) if conf is not None else n
+    nbb = min(int(nbb), n)
+    soft = rec.get("soft_labels")
+    feats, norm_bb = feats[:nbb], norm_bb[:nbb]
+    conf = np.ones(nbb, dtype=np.float32) if conf is None else conf[:nbb]
+    soft = None if soft is None or np.asarray(soft).ndim != 2 else np.asarray(soft, dtype=np.float32)[:nbb]
+    if norm_bb.shape[1] == 7:  # some DBs store the 7-d box with the area appended
+        norm_bb = norm_bb[:, :6]
+    order = np.argsort(-conf, kind="stable")  # the contract: conf descending (a no-op for UNITER's DBs)
+    return Regions(
+        features=feats[order], boxes=norm_bb[order, :4], norm_bb=norm_bb[order], conf=conf[order],
+        soft_labels=None if soft is None else soft[order], width=0, height=0,
+    )
+
+
+def read_uniter_db(
+    path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
+) -> Iterator[tuple[str, Regions]]:
+    """Yield ``(name, Regions)`` for every image of a UNITER image DB, in key order."""
+    import lmdb
+
+    db_dir, nbb_path = find_uniter_db(path, conf_th, max_bb, min_bb)
+    name2nbb = json.loads(nbb_path.read_text()) if nbb_path is not None else None
+    if name2nbb is None and re.match(r"feat_th", db_dir.name):
+        # DBs built with a threshold were already cut to the rule when written
+        name2nbb = {}
+    env = lmdb.open(str(db_dir), readonly=True, create=False, lock=False, readahead=False, subdir=True)
+    try:
+        with env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                name = key.decode("utf-8")
+                if name == "__keys__":
+                    continue
+                rec = decode_record(bytes(value))
+                nbb = None if name2nbb is None else name2nbb.get(name)
+                if name2nbb is not None and nbb is None:
+                    nbb = rec["features"].shape[0]
+                yield name, record_to_regions(rec, nbb, conf_th, min_bb, max_bb)
+    finally:
+        env.close()
