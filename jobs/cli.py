@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import click
 
@@ -44,8 +45,25 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """lightningdot-index: embed images with LightningDOT and publish FAISS indexes."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+
+
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    """Beam warns on import that the optional GCP client libraries are absent; local runs never need them."""
+    return not str(record.msg).startswith("apitools not found")
+
+
+def _configure_logging() -> None:
+    """Runs before any command module is imported (click resolves the sub-command before the group runs)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_known_noise)
+    # detectron2's import-time deprecation chatter says nothing about the user's run
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid")
+
+
+_configure_logging()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ import sys
 
 import click
 
+from pipeline.beam_args import split_beam_args
 from pipeline.index_job import IndexJob, JobError, run_index_job
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("inputs", nargs=-1)
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               options_metavar="INPUT... [OPTIONS] [BEAM FLAGS]")
 @click.option("--output", "-o", required=True, help="Output directory (local path or fsspec URL).")
 @click.option("--checkpoint", help="LightningDOT checkpoint (coco-ft.pt, flickr-ft.pt, LightningDot.pt, ours).")
 @click.option("--encoder-config", help="Encoder size JSON (default: configs/encoder/base.json).")
@@ -28,13 +29,14 @@ from pipeline.index_job import IndexJob, JobError, run_index_job
 @click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
 @click.option("--overwrite", is_flag=True, help="Replace the tables of an earlier run in OUTPUT.")
 @click.pass_context
-def index_cmd(ctx: click.Context, inputs: tuple[str, ...], workers: int | None, **options: object) -> None:
+def index_cmd(ctx: click.Context, workers: int | None, **options: object) -> None:
     """Embed INPUT images (directories, globs, files, fsspec URLs, .csv/.jsonl/.parquet manifests).
 
     Writes OUTPUT/embeddings/*.parquet, OUTPUT/failures/*.parquet and OUTPUT/run.json. Any other flag
     (--runner, --project, --region, --setup_file, --temp_location, ...) is passed to Beam.
     """
-    job = IndexJob(inputs=list(inputs), beam_args=list(ctx.args), **options)  # type: ignore[arg-type]
+    paths, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
+    job = IndexJob(inputs=paths, beam_args=beam_args, **options)  # type: ignore[arg-type]
     try:
         report = run_index_job(job, workers=workers)
     except JobError as e:

@@ -127,11 +127,11 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
     embedded.ok | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
     all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
     if job.keep_regions:
-        from features.regions_table import REGIONS_SCHEMA, regions_to_row
+        from features.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
 
         (regions
          | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
-         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64))
+         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table))
     markers = ((embedded.ok | "OkMarker" >> beam.Map(lambda _: "ok"),
                 all_failures | "FailMarker" >> beam.Map(lambda _: "failed"))
                | "Markers" >> beam.Flatten())

@@ -3,6 +3,7 @@ reader never sees a half-written part. Rows are batched into Arrow record batche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
@@ -32,8 +33,6 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         if pa.types.is_fixed_size_list(field.type):
             flat = np.stack(values).astype(np.float32).reshape(-1) if values else np.empty(0, np.float32)
             columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
-        elif pa.types.is_list(field.type) and values and isinstance(values[0], np.ndarray):
-            columns[field.name] = pa.array([np.asarray(v).reshape(-1) for v in values], type=field.type)
         else:
             columns[field.name] = pa.array(values, type=field.type)
     return pa.Table.from_pydict(columns, schema=schema)
@@ -43,15 +42,18 @@ class WriteRows(beam.PTransform):
     """dict rows -> ``<prefix>-SSSSS-of-NNNNN.parquet`` files with ``schema`` (an empty input still writes one
     valid, empty file, so readers always find the table)."""
 
-    def __init__(self, file_path_prefix: str, schema: pa.Schema, batch_size: int = 512) -> None:
+    def __init__(self, file_path_prefix: str, schema: pa.Schema, batch_size: int = 512,
+                 to_table: Callable[[list[dict[str, Any]]], pa.Table] | None = None) -> None:
         super().__init__()
         self.prefix = file_path_prefix
         self.schema = schema
         self.batch_size = batch_size
+        self.to_table = to_table
 
     def expand(self, rows: beam.PCollection) -> Any:
-        schema = self.schema
+        schema, to_table = self.schema, self.to_table
+        convert = (lambda batch: to_table(batch)) if to_table else (lambda batch: rows_to_table(batch, schema))
         return (rows
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "ToArrow" >> beam.Map(rows_to_table, schema)
+                | "ToArrow" >> beam.Map(convert)
                 | "Write" >> WriteToParquetBatched(self.prefix, schema=schema, file_name_suffix=".parquet"))

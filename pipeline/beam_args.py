@@ -1,0 +1,51 @@
+"""Split a command line's leftover tokens into our positional arguments and Beam's pipeline flags.
+
+click hands unknown options to us with their values detached (``--runner DataflowRunner`` arrives as two
+tokens), so a value would be taken for an INPUT. Beam's own argument parsers say which flags take a value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_all_subclasses(sub)]
+    return out
+
+
+@functools.cache
+def _flag_arity() -> dict[str, int]:
+    """--flag -> number of values it takes (0 for switches), over every registered PipelineOptions class."""
+    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+    for cls in _all_subclasses(PipelineOptions):
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # an options class that cannot register here (missing optional dependency)
+            continue
+    return {flag: (0 if action.nargs == 0 else 1) for flag, action in parser._option_string_actions.items()}
+
+
+def split_beam_args(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """-> (positionals, beam_args). A flag unknown to Beam keeps a following non-flag token as its value."""
+    arity = _flag_arity()
+    positionals: list[str] = []
+    beam_args: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("-") and token != "-":
+            beam_args.append(token)
+            takes_value = "=" not in token and arity.get(token, 1) == 1
+            if takes_value and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                beam_args.append(tokens[i + 1])
+                i += 1
+        else:
+            positionals.append(token)
+        i += 1
+    return positionals, beam_args

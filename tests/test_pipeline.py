@@ -1,0 +1,185 @@
+"""The Beam indexing pipeline end to end: nothing lost, embeddings equal to a bare in-process run,
+pre-extracted regions, manifests and duplicates, guards, and portability (worker processes, pickling, sdist)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from apache_beam.internal import pickler
+from click.testing import CliRunner
+
+from jobs.cli import main as cli
+from pipeline.index_job import IndexJob, JobError, prepare_models, run_index_job
+from tests.pipeline_helpers import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
+
+TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    expected = make_odd_corpus(root / "photos")
+    other = root / "other"
+    other.mkdir()
+    (other / "coffee.jpg").write_bytes((root / "photos" / "coffee.jpg").read_bytes())  # same id, 2nd input
+    out = root / "out"
+    report = run_index_job(IndexJob(inputs=[str(root / "photos"), str(other)], output=str(out), keep_regions=True,
+                                    **TINY))
+    return {"expected": expected, "out": out, "report": report, "root": root}
+
+
+def test_every_input_lands_exactly_once(odd_run):
+    embedded = read_table(odd_run["out"] / "embeddings")
+    failed = read_table(odd_run["out"] / "failures")
+    emb_ids = [r["image_id"] for r in embedded]
+    assert len(emb_ids) == len(set(emb_ids))
+    fail_keys = [(r["image_id"], r["uri"]) for r in failed]
+    assert len(fail_keys) == len(set(fail_keys))
+    expected = odd_run["expected"]
+    # 16 listed under photos/ + the duplicate coffee.jpg from other/
+    assert len(embedded) + len(failed) == len(expected) + 1
+    kinds = {r["image_id"]: r["error"] for r in failed if "other" not in r["uri"]}
+    for image_id, kind in expected.items():
+        if kind is None:
+            assert image_id in emb_ids, f"{image_id} should be embedded, failed with {kinds.get(image_id)}"
+        else:
+            assert kinds.get(image_id) == kind, f"{image_id}: expected failure {kind}, got {kinds.get(image_id)}"
+    dup = [r for r in failed if r["error"] == "duplicate_id"]
+    assert len(dup) == 1 and "other" in dup[0]["uri"] and dup[0]["stage"] == "list"
+    assert {r["stage"] for r in failed} == {"list", "read", "decode"}
+    assert all(r["message"] for r in failed)
+
+
+def test_run_report_and_schema(odd_run):
+    report = odd_run["report"]
+    rows = read_table(odd_run["out"] / "embeddings")
+    assert report["counts"]["embedded"] == len(rows)
+    assert report["counts"]["failed_by_stage"]["decode"] == 3
+    assert json.loads((odd_run["out"] / "run.json").read_text())["model"] == report["model"]
+    row = next(r for r in rows if r["image_id"] == "rotated.jpg")
+    assert len(row["embedding"]) == 768 and row["model"].startswith("ldot-random-")
+    assert 10 <= row["num_boxes"] <= 100
+    assert (row["width"], row["height"]) == (64, 96)  # EXIF rotation applied before extraction
+    assert len(row["content_sha256"]) == 64
+    regions = read_table(odd_run["out"] / "regions")
+    assert sorted(r["image_id"] for r in regions) == sorted(r["image_id"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    job = IndexJob(inputs=[str(DEMO_IMAGES)], output=str(out), keep_regions=True, **TINY)
+    return job, run_index_job(job), out
+
+
+def test_pipeline_equals_bare_in_process_run(demo_run):
+    """Beam changes nothing numerically: same decode -> extract -> encode, one image at a time."""
+    job, _, out = demo_run
+    models = prepare_models(job)
+    extractor, encoder = models.detector.load(), models.encoder.load()
+    from transforms.decoding import decode_image
+
+    rows = {r["image_id"]: r for r in read_table(out / "embeddings")}
+    assert len(rows) == 7
+    for image_id, row in rows.items():
+        regions = extractor.extract([decode_image((DEMO_IMAGES / image_id).read_bytes())])[0]
+        want = encoder.encode_regions([regions.features], [regions.norm_bb])[0]
+        np.testing.assert_allclose(np.asarray(row["embedding"]), want, atol=1e-5, rtol=1e-4)
+        assert row["num_boxes"] == regions.num_boxes
+
+
+def test_precomputed_regions_skip_detection(demo_run, tmp_path):
+    job, first, out = demo_run
+    second = run_index_job(IndexJob(inputs=[], regions=str(out / "regions"), output=str(tmp_path / "again"),
+                                    random_weights=True, encoder_config=TINY_ENCODER, device="cpu"))
+    assert second["detector"] == "precomputed" and second["counts"]["embedded"] == 7
+    a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
+    b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "again" / "embeddings")}
+    assert a.keys() == b.keys()
+    for key in a:  # regions were stored as fp16: close, not identical
+        np.testing.assert_allclose(a[key], b[key], atol=5e-3)
+
+
+def test_manifest_inputs_with_missing_files(tmp_path):
+    manifest = tmp_path / "list.jsonl"
+    lines = [{"uri": str(DEMO_IMAGES / "coffee.jpg"), "image_id": "cup"},
+             {"uri": str(tmp_path / "gone.jpg"), "image_id": "gone"},
+             {"uri": str(DEMO_IMAGES / "rocket.jpg")}]
+    manifest.write_text("\n".join(json.dumps(x) for x in lines))
+    report = run_index_job(IndexJob(inputs=[str(manifest)], output=str(tmp_path / "out"), **TINY))
+    rows = read_table(tmp_path / "out" / "embeddings")
+    assert sorted(r["image_id"] for r in rows) == sorted(["cup", str(DEMO_IMAGES / "rocket.jpg")])
+    assert report["counts"]["failed_by_error"] == {"not_found": 1}
+
+
+def test_failure_rate_guard_and_missing_weights(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"")
+    (DEMO_IMAGES / "coffee.jpg").read_bytes()
+    (bad / "b.jpg").write_bytes((DEMO_IMAGES / "coffee.jpg").read_bytes())
+    with pytest.raises(JobError, match="exceeds --max-failure-rate"):
+        run_index_job(IndexJob(inputs=[str(bad)], output=str(tmp_path / "o"), max_failure_rate=0.2, **TINY))
+    assert (tmp_path / "o" / "run.json").exists()  # the report is written even when the guard trips
+    result = CliRunner().invoke(cli, ["index", str(bad), "--output", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "--checkpoint" in result.output
+    with pytest.raises(JobError, match="--overwrite"):
+        run_index_job(IndexJob(inputs=[str(bad)], output=str(tmp_path / "o"), **TINY))
+
+
+def test_cli_passes_unknown_flags_to_beam(tmp_path):
+    result = CliRunner().invoke(cli, [
+        "index", str(DEMO_IMAGES / "coffee.jpg"), "--output", str(tmp_path / "o"), "--random-weights",
+        "--encoder-config", TINY_ENCODER, "--detector-config", TINY_DETECTOR, "--device", "cpu",
+        "--job_name", "ldot-test", "--direct_num_workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["embedded"] == 1
+    flags = json.loads((tmp_path / "o" / "run.json").read_text())["flags"]["beam_args"]
+    assert flags == ["--job_name", "ldot-test", "--direct_num_workers", "1"]
+
+
+def test_every_dofn_pickles_with_beams_pickler(demo_run):
+    job, _, _ = demo_run
+    from transforms.decoding import DecodeImages
+    from transforms.embedding import EmbedRegions
+    from transforms.listing import ExpandInputs, KeepFirstPerId
+    from transforms.progress import ReportProgress
+    from transforms.reading import ReadImageBytes
+    from transforms.regions import ExtractRegions
+
+    models = prepare_models(job)
+    for dofn in (ExpandInputs(), KeepFirstPerId(), ReadImageBytes(), DecodeImages(), ExtractRegions(models.detector),
+                 EmbedRegions(models.encoder, "m", "d"), ReportProgress()):
+        clone = pickler.loads(pickler.dumps(dofn))
+        assert type(clone) is type(dofn)
+
+
+@pytest.mark.slow
+def test_two_worker_processes(tmp_path, demo_run):
+    """multi_processing: every DoFn and model spec crosses a process boundary, as on Dataflow workers."""
+    _, first, out = demo_run
+    report = run_index_job(IndexJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "mp"), **TINY), workers=2)
+    assert report["counts"]["embedded"] == 7 and report["workers"] == 2
+    a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
+    b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "mp" / "embeddings")}
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+def test_sdist_ships_every_package_and_config(tmp_path):
+    """What ``--setup_file ./setup.py`` gives Dataflow workers: every package, config and demo image."""
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=REPO, check=True,
+                   capture_output=True)
+    (archive,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    wanted = [p.relative_to(REPO).as_posix() for pkg in ("pipeline", "transforms", "encoders", "jobs", "index",
+                                                          "evaluation", "features") for p in (REPO / pkg).rglob("*.py")]
+    wanted += [p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*") if p.is_file()]
+    missing = [w for w in wanted if w not in names]
+    assert not missing, f"not in the sdist: {missing}"
