@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decoding import DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
+from transforms.incremental import CARRIED, SplitBySnapshot
 from transforms.listing import ListImages
 from transforms.models import DetectorSpec, EncoderSpec
 from transforms.progress import ReportProgress
@@ -53,6 +54,7 @@ class IndexJob:
     encoder_batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
+    previous: str | None = None  # an earlier embeddings directory: unchanged images are carried over from it
     beam_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -103,13 +105,23 @@ def prepare_models(job: IndexJob) -> Models:
 
 def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
-    failures = []
+    failures, carried = [], []
+
+    def split_by_snapshot(items: beam.PCollection) -> beam.PCollection:
+        if job.previous is None:
+            return items
+        split = items | "Incremental" >> SplitBySnapshot(f"{job.previous.rstrip('/')}/*.parquet",
+                                                         models.model_fingerprint, models.detector_fingerprint)
+        carried.append(split[CARRIED])
+        return split["todo"]
+
     if job.regions is not None:
-        regions = p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions)
+        regions = split_by_snapshot(p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions))
     else:
         listed = p | "List" >> ListImages(job.inputs)
         read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
-        decoded = read.ok | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels)).with_outputs(FAILED, main="ok")
+        todo = split_by_snapshot(read.ok)
+        decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels)).with_outputs(FAILED, main="ok")
         extracted = (decoded.ok
                      | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
                      | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))
@@ -124,7 +136,8 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
     failures.append(embedded[FAILED])
     all_failures = failures | "AllFailures" >> beam.Flatten()
     out = job.output.rstrip("/")
-    embedded.ok | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
+    rows = [embedded.ok, *carried] | "AllEmbeddings" >> beam.Flatten()
+    rows | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
     all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
     if job.keep_regions:
         from features.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
@@ -132,11 +145,11 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
         (regions
          | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
          | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table))
-    markers = ((embedded.ok | "OkMarker" >> beam.Map(lambda _: "ok"),
+    markers = ((rows | "OkMarker" >> beam.Map(lambda _: "ok"),
                 all_failures | "FailMarker" >> beam.Map(lambda _: "failed"))
                | "Markers" >> beam.Flatten())
     markers | "Progress" >> beam.ParDo(ReportProgress())
-    return {"embeddings": embedded.ok, "failures": all_failures}
+    return {"embeddings": rows, "failures": all_failures}
 
 
 def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
@@ -174,6 +187,20 @@ def count_table(directory: str) -> tuple[int, list[dict[str, Any]]]:
     return total, rows
 
 
+def _counters(result: Any) -> dict[str, int]:
+    """Beam counters of the ``ldot`` namespace (carried/new/changed/dropped, per-stage counts), where the runner
+    reports them; summed over steps."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # some runners do not report metrics to the launcher
+        return {}
+    totals: dict[str, int] = {}
+    for c in counters:
+        if c.key.metric.namespace == "ldot":
+            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(c.committed or 0)
+    return dict(sorted(totals.items()))
+
+
 def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
     """Run to completion and return (and write) the run report; raises JobError on a broken guard."""
     job.validate()
@@ -183,8 +210,10 @@ def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
     started = time.time()
     models = prepare_models(job)
     options = pipeline_options(job.beam_args, workers)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, job, models)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, job, models)
+    result = p.run()
+    result.wait_until_finish()
     seconds = time.time() - started
     out = job.output.rstrip("/")
     embedded, _ = count_table(f"{out}/embeddings")
@@ -200,6 +229,7 @@ def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
         "inputs": job.inputs, "regions": job.regions, "output": job.output,
         "counts": {"inputs": total, "embedded": embedded, "failed": failed, "failed_by_stage": by_stage,
                    "failed_by_error": by_error},
+        "counters": _counters(result),
         "failure_rate": rate, "seconds": round(seconds, 3),
         "images_per_s": round(total / seconds, 3) if seconds > 0 else None,
         "model": models.model_fingerprint, "detector": models.detector_fingerprint,

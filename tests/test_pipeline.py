@@ -183,3 +183,25 @@ def test_sdist_ships_every_package_and_config(tmp_path):
     wanted += [p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*") if p.is_file()]
     missing = [w for w in wanted if w not in names]
     assert not missing, f"not in the sdist: {missing}"
+
+
+def test_incremental_run_carries_unchanged_images(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg"):
+        (corpus / name).write_bytes((DEMO_IMAGES / name).read_bytes())
+    first = run_index_job(IndexJob(inputs=[str(corpus)], output=str(tmp_path / "v1"), **TINY))
+    assert first["counters"]["encoded"] == 3
+    (corpus / "rocket.jpg").unlink()                                                        # dropped
+    (corpus / "coffee.jpg").write_bytes((DEMO_IMAGES / "chelsea.jpg").read_bytes())         # changed
+    (corpus / "retina.jpg").write_bytes((DEMO_IMAGES / "retina.jpg").read_bytes())          # new
+    second = run_index_job(IndexJob(inputs=[str(corpus)], output=str(tmp_path / "v2"),
+                                    previous=str(tmp_path / "v1" / "embeddings"), **TINY))
+    c = second["counters"]
+    assert (c["carried"], c["changed"], c["new"], c["dropped"]) == (1, 1, 1, 1)
+    assert c["decoded"] == 2 and c["encoded"] == 2  # the carried image was not decoded nor encoded again
+    old = {r["image_id"]: r for r in read_table(tmp_path / "v1" / "embeddings")}
+    new = {r["image_id"]: r for r in read_table(tmp_path / "v2" / "embeddings")}
+    assert sorted(new) == ["astronaut.jpg", "coffee.jpg", "retina.jpg"]
+    assert new["astronaut.jpg"]["embedding"] == old["astronaut.jpg"]["embedding"]
+    assert new["coffee.jpg"]["content_sha256"] != old["coffee.jpg"]["content_sha256"]
