@@ -36,6 +36,8 @@ def per_class_max_conf(
         np.asarray(class_scores) if not torch.is_tensor(class_scores) else class_scores
     ).float()
     n = boxes_t.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
     scores_t = scores_t.reshape(n, -1)
     boxes_t = boxes_t.detach().cpu().contiguous()
     scores_t = scores_t.detach().cpu().contiguous()
@@ -43,8 +45,6 @@ def per_class_max_conf(
         boxes_t = boxes_t.clone()
         boxes_t[:, 2:] += 1.0
     max_conf = torch.zeros(n, dtype=torch.float32)
-    if n == 0:
-        return max_conf.numpy()
     for c in range(scores_t.shape[1]):
         col = scores_t[:, c]
         keep = nms(boxes_t, col, nms_thresh)

@@ -1,0 +1,89 @@
+"""Shared helpers for the region-feature tests: small real photos, the tiny detector, and a transcription of
+the original Caffe selection code (py_cpu_nms + generate_tsv.py's loop) to check our rule against."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "detector" / "tiny.yaml"
+BUTD_CONFIG = REPO / "configs" / "detector" / "butd_r101_c4.yaml"
+
+
+@functools.cache
+def photo(name: str, height: int, width: int) -> np.ndarray:
+    """A real photograph from skimage.data, resized to ``height`` x ``width`` (uint8 RGB)."""
+    from PIL import Image
+    from skimage import data
+
+    arr = getattr(data, name)()
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    arr = arr[:, :, :3]
+    im = Image.fromarray(arr).resize((width, height), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def photos() -> list[np.ndarray]:
+    """Four photos: two share a size (batched without padding), two differ."""
+    return [
+        photo("astronaut", 256, 256),
+        photo("coffee", 200, 300),
+        photo("chelsea", 200, 300),
+        photo("rocket", 300, 200),
+    ]
+
+
+@functools.cache
+def tiny_extractor(batch_size: int = 4):
+    from encoders.regions import RegionExtractor
+
+    return RegionExtractor.from_config(TINY_CONFIG, weights=None, device="cpu", batch_size=batch_size)
+
+
+# ---- the original Caffe code, transcribed (peteanderson80/bottom-up-attention) ------------------------------
+def py_cpu_nms(dets: np.ndarray, thresh: float) -> list[int]:
+    """Fast R-CNN's py_cpu_nms (with the "+1" pixel convention)."""
+    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        w = np.maximum(0.0, xx2 - xx1 + 1)
+        h = np.maximum(0.0, yy2 - yy1 + 1)
+        inter = w * h
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        inds = np.where(ovr <= thresh)[0]
+        order = order[inds + 1]
+    return keep
+
+
+def caffe_max_conf(cls_boxes: np.ndarray, scores: np.ndarray, nms_thresh: float = 0.3) -> np.ndarray:
+    """generate_tsv.py's loop; ``scores`` [N, 1+C] with background at column 0."""
+    max_conf = np.zeros(cls_boxes.shape[0], dtype=np.float32)
+    for cls_ind in range(1, scores.shape[1]):
+        cls_scores = scores[:, cls_ind]
+        dets = np.hstack((cls_boxes, cls_scores[:, np.newaxis])).astype(np.float32)
+        keep = np.array(py_cpu_nms(dets, nms_thresh))
+        max_conf[keep] = np.where(cls_scores[keep] > max_conf[keep], cls_scores[keep], max_conf[keep])
+    return max_conf
+
+
+def caffe_keep(max_conf: np.ndarray, conf_thresh=0.2, min_boxes=10, max_boxes=100) -> np.ndarray:
+    """generate_tsv.py's choice, then sorted by conf descending (DESIGN.md step 4)."""
+    keep_boxes = np.where(max_conf >= conf_thresh)[0]
+    order = np.argsort(-max_conf, kind="stable")
+    if len(keep_boxes) < min_boxes:
+        keep_boxes = order[:min_boxes]
+    elif len(keep_boxes) > max_boxes:
+        keep_boxes = order[:max_boxes]
+    return keep_boxes[np.argsort(-max_conf[keep_boxes], kind="stable")]

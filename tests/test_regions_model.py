@@ -1,0 +1,289 @@
+"""The bottom-up-attention extractor on real photos (skimage.data) with the tiny config and damped random
+weights: the 10-100 rule, ordering, boxes, soft labels, determinism, batching, weight loading."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+
+from encoders.regions import RegionExtractor, Regions, normalize_boxes
+from encoders.regions.weights import WeightsError
+from tests.helpers_regions import REPO, TINY_CONFIG, caffe_keep, caffe_max_conf, photos, tiny_extractor
+
+
+@pytest.fixture(scope="module")
+def extracted() -> tuple[list[np.ndarray], list[dict], list[Regions]]:
+    """One batch of four photos: the raw model outputs and the selected regions."""
+    ims = photos()
+    ex = tiny_extractor()
+    raws = ex.extract_raw(ims)
+    return ims, raws, [ex.select(raw) for raw in raws]
+
+
+@pytest.fixture(scope="module")
+def results(extracted) -> tuple[list[np.ndarray], list[Regions]]:
+    return extracted[0], extracted[2]
+
+
+def test_contract_shapes_and_types(results):
+    ims, regs = results
+    assert len(regs) == len(ims)
+    for im, r in zip(ims, regs, strict=True):
+        n = r.num_boxes
+        assert 10 <= n <= 100
+        assert r.features.shape == (n, 2048) and r.features.dtype == np.float32
+        assert r.boxes.shape == (n, 4) and r.norm_bb.shape == (n, 6) and r.conf.shape == (n,)
+        assert r.soft_labels.shape == (n, 1601)
+        assert (r.height, r.width) == im.shape[:2]
+        assert np.isfinite(r.features).all() and np.isfinite(r.boxes).all()
+
+
+def test_rule_matches_original_caffe_code(extracted):
+    """Selection on the model's own proposals/scores == the transcribed generate_tsv.py loop."""
+    _, raws, regs = extracted
+    for raw, r in zip(raws[:2], regs[:2], strict=True):
+        ref = caffe_max_conf(raw["proposals"], raw["probs"], 0.3)
+        keep = caffe_keep(ref)
+        np.testing.assert_array_equal(r.conf, ref[keep])
+        np.testing.assert_array_equal(r.boxes, raw["proposals"][keep])
+        np.testing.assert_array_equal(r.features, raw["features"][keep])
+        n_pass = int((ref >= 0.2).sum())
+        assert r.num_boxes == min(max(n_pass, 10), 100)
+    # every kept row with conf below the threshold exists only because of the minimum of 10
+    for r in regs:
+        if (r.conf < 0.2).any():
+            assert r.num_boxes == 10
+
+
+def test_sorted_by_conf_descending(results):
+    for r in results[1]:
+        assert np.all(np.diff(r.conf) <= 0)
+        assert r.conf.max() <= 1.0 and r.conf.min() >= 0.0
+
+
+def test_boxes_in_original_pixels_and_norm_bb(results):
+    for r in results[1]:
+        np.testing.assert_allclose(r.norm_bb, normalize_boxes(r.boxes, r.width, r.height), rtol=1e-6, atol=1e-7)
+        x1, y1, x2, y2 = r.boxes.T
+        assert (x1 >= 0).all() and (y1 >= 0).all()
+        assert (x2 <= r.width + 1).all() and (y2 <= r.height + 1).all()  # +1: rounding of the resized size
+        assert (x2 >= x1).all() and (y2 >= y1).all()
+        np.testing.assert_allclose(r.norm_bb[:, 4], r.norm_bb[:, 2] - r.norm_bb[:, 0], atol=1e-6)
+        np.testing.assert_allclose(r.norm_bb[:, 5], r.norm_bb[:, 3] - r.norm_bb[:, 1], atol=1e-6)
+
+
+def test_soft_labels_background_first(extracted):
+    _, raws, regs = extracted
+    raw = raws[0]
+    for r in regs:
+        np.testing.assert_allclose(r.soft_labels.sum(1), 1.0, atol=1e-5)
+        # conf is one of the object-class probabilities (never background)
+        assert np.all(r.conf <= r.soft_labels[:, 1:].max(1) + 1e-7)
+    # background is column 0: the model's last logit moved to the front
+    model = tiny_extractor().model
+    feats = torch.from_numpy(raw["features"][:5])
+    probs = torch.softmax(model.roi_heads.box_predictor.cls_score(feats), dim=-1).detach().numpy()
+    np.testing.assert_allclose(raw["probs"][:5, 0], probs[:, -1], rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(raw["probs"][:5, 1:], probs[:, :-1], rtol=1e-4, atol=1e-8)
+
+
+def test_deterministic_and_fingerprint(results):
+    """A freshly built extractor gives bit-identical regions for the same batch."""
+    ims, regs = results
+    a = tiny_extractor()
+    b = RegionExtractor.from_config(TINY_CONFIG, batch_size=4)
+    assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("random-")
+    for ra, rb in zip(regs, b.extract(ims), strict=True):
+        np.testing.assert_array_equal(ra.features, rb.features)
+        np.testing.assert_array_equal(ra.boxes, rb.boxes)
+        np.testing.assert_array_equal(ra.conf, rb.conf)
+
+
+def test_batch_equals_single(results):
+    ims, batched = results
+    ex = tiny_extractor()
+    singles = [ex.extract([im])[0] for im in ims]
+    for rs, rb in zip(singles, batched, strict=True):
+        assert rs.num_boxes == rb.num_boxes
+        np.testing.assert_allclose(rs.boxes, rb.boxes, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(rs.conf, rb.conf, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rs.features, rb.features, rtol=1e-4, atol=1e-4)
+    # other batch-mates (of the same size and of other sizes), in another order, change nothing
+    mixed = ex.extract([ims[2], ims[0], ims[1]])[2]
+    np.testing.assert_allclose(singles[1].features, mixed.features, rtol=1e-4, atol=1e-4)
+
+
+def test_rejects_bad_images():
+    ex = tiny_extractor()
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        ex.extract([np.zeros((20, 20), dtype=np.uint8)])
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        ex.extract([np.zeros((20, 20, 3), dtype=np.float32)])
+
+
+# ---- weights -------------------------------------------------------------------------------------------------
+def _to_c2_name(key: str) -> str:
+    """detectron2 name -> Caffe2/Detectron name (the inverse of detectron2's conversion)."""
+    norm = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
+    simple = {
+        "proposal_generator.rpn_head.conv": "conv_rpn",
+        "proposal_generator.rpn_head.objectness_logits": "rpn_cls_logits",
+        "proposal_generator.rpn_head.anchor_deltas": "rpn_bbox_pred",
+        "roi_heads.box_predictor.cls_score": "cls_score",
+        "roi_heads.box_predictor.bbox_pred": "bbox_pred",
+        "roi_heads.attribute_predictor.cls_embedding": "cls_embedding",
+        "roi_heads.attribute_predictor.fc_attr": "fc_attr",
+        "roi_heads.attribute_predictor.attr_score": "attr_score",
+    }
+    module, param = key.rsplit(".", 1)
+    if module in simple:
+        return f"{simple[module]}_{'w' if param == 'weight' else 'b'}"
+    if module == "backbone.stem.conv1":
+        return "conv1_w"
+    if module == "backbone.stem.conv1.norm":
+        return f"res_conv1_bn_{norm[param]}"
+    parts = module.split(".")
+    if parts[0] == "backbone" or parts[0] == "roi_heads":
+        parts = parts[1:]
+    stage, block, conv = parts[0], parts[1], parts[2]
+    branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}[conv]
+    if len(parts) == 4:  # .norm
+        return f"{stage}_{block}_{branch}_bn_{norm[param]}"
+    return f"{stage}_{block}_{branch}_w"
+
+
+def _perturbed_state(model) -> dict[str, torch.Tensor]:
+    sd = {k: v.clone() for k, v in model.state_dict().items() if k not in ("pixel_mean", "pixel_std")}
+    gen = torch.Generator().manual_seed(7)
+    sd["roi_heads.box_predictor.cls_score.weight"] += 0.05 * torch.randn(
+        sd["roi_heads.box_predictor.cls_score.weight"].shape, generator=gen)
+    sd["proposal_generator.rpn_head.objectness_logits.bias"] += 0.5
+    return sd
+
+
+def _caffe_pkl(sd: dict[str, torch.Tensor], num_anchors: int) -> dict[str, np.ndarray]:
+    blobs = {}
+    for k, v in sd.items():
+        name = _to_c2_name(k)
+        arr = v.numpy().copy()
+        if name.startswith("cls_score"):
+            arr = np.concatenate([arr[-1:], arr[:-1]])  # background first, as in Caffe
+        elif name.startswith("bbox_pred"):
+            arr = np.concatenate([np.full((4, *arr.shape[1:]), 9.0, arr.dtype), arr])  # background rows
+        elif name.startswith("rpn_cls_logits"):
+            # Caffe's 2A softmax scores: [bg x A, fg x A] with fg - bg = the sigmoid logit
+            bg = np.full_like(arr, 0.25)
+            arr = np.concatenate([bg, arr + bg])
+        blobs[name] = arr
+    return blobs
+
+
+def test_pkl_with_caffe2_names_loads(tmp_path):
+    base = tiny_extractor()
+    sd = _perturbed_state(base.model)
+    blobs = _caffe_pkl(sd, num_anchors=12)
+    assert "res2_0_branch2a_w" in blobs and "res5_0_branch1_bn_riv" in blobs and "cls_embedding_w" in blobs
+    path = tmp_path / "butd_tiny.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+    loaded = RegionExtractor.from_config(TINY_CONFIG, weights=str(path), batch_size=2)
+    got = loaded.model.state_dict()
+    for k, v in sd.items():
+        torch.testing.assert_close(got[k], v, msg=k)
+    # the same weights in memory give the same regions
+    ref = RegionExtractor.from_config(TINY_CONFIG, batch_size=2)
+    ref.model.load_state_dict(sd, strict=False)
+    im = photos()[1]
+    a, b = loaded.extract([im])[0], ref.extract([im])[0]
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-6)
+    assert loaded.fingerprint != base.fingerprint and not loaded.fingerprint.startswith("random")
+    again = RegionExtractor.from_config(TINY_CONFIG, weights=f"file://{path}", batch_size=2)
+    assert again.fingerprint == loaded.fingerprint
+
+
+def test_pth_state_dict_and_mismatch_errors(tmp_path):
+    sd = _perturbed_state(tiny_extractor().model)
+    good = tmp_path / "w.pth"
+    torch.save({"model": sd}, good)
+    ex = RegionExtractor.from_config(TINY_CONFIG, weights=str(good))
+    torch.testing.assert_close(ex.model.state_dict()["roi_heads.box_predictor.cls_score.weight"],
+                               sd["roi_heads.box_predictor.cls_score.weight"])
+    bad = dict(sd)
+    bad["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(11, 2048)
+    del bad["roi_heads.res5.0.conv1.weight"]
+    bad["something.extra"] = torch.zeros(3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError) as err:
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "bad.pth"))
+    msg = str(err.value)
+    assert "cls_score.weight" in msg and "(11, 2048)" in msg and "(1601, 2048)" in msg
+    assert "roi_heads.res5.0.conv1.weight" in msg and "something.extra" in msg
+    # the published config does not take the tiny weights
+    from tests.helpers_regions import BUTD_CONFIG
+
+    with pytest.raises(WeightsError, match="shape mismatch"):
+        RegionExtractor.from_config(BUTD_CONFIG, weights=str(good))
+
+
+def test_pkl_refuses_arbitrary_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": Evil()}}))
+    with pytest.raises(pickle.UnpicklingError, match=r"builtins\.print"):
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(path))
+
+
+def test_published_config_matches_the_paper_model():
+    from encoders.regions.modeling import load_config
+
+    cfg = load_config(str(REPO / "configs" / "detector" / "butd_r101_c4.yaml"))
+    assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1600
+    assert cfg.MODEL.BUTD.NUM_ATTRIBUTES == 400 and cfg.MODEL.BUTD.RES5_OUT_CHANNELS == 2048
+    assert list(cfg.MODEL.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717] and list(cfg.MODEL.PIXEL_STD) == [1, 1, 1]
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (600, 1000)
+    assert list(cfg.MODEL.ANCHOR_GENERATOR.SIZES) == [[64, 128, 256, 512]]
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == 14 and cfg.MODEL.BUTD.RES5_STRIDE == 1
+    from detectron2.modeling import build_model
+
+    from encoders.regions.modeling import caffe_generate_anchors
+
+    # py-faster-rcnn's generate_anchors() output for base 16, ratios .5/1/2, scales 8/16/32 (first rows)
+    anchors = caffe_generate_anchors(16, [0.5, 1, 2], [8, 16, 32])
+    np.testing.assert_array_equal(anchors[:3], [[-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199]])
+    del build_model
+
+
+def test_caffe_stem_ceil_mode_and_res5_resolution():
+    model = tiny_extractor().model
+    x = torch.zeros(1, 3, 65, 97)
+    stem = model.backbone.stem(x)
+    # conv -> 33x49; Caffe pool (no pad, ceil): ceil(30/2)+1 = 16, ceil(46/2)+1 = 24 (stock detectron2: 17x25)
+    assert tuple(stem.shape[-2:]) == (16, 24)
+    assert tuple(model.backbone.stem(torch.zeros(1, 3, 68, 68)).shape[-2:]) == (17, 17)  # 34 -> ceil(31/2)+1
+    crops = torch.zeros(2, model.roi_heads.res5[0].in_channels, 7, 7)
+    out = model.roi_heads.res5(crops)
+    assert tuple(out.shape) == (2, 2048, 7, 7)  # stride 1: not halved
+
+
+def test_import_without_detectron2_gives_install_hint():
+    code = (
+        "import sys; sys.modules['detectron2'] = None\n"
+        "import encoders.regions as r, features\n"
+        "print(r.Regions.__name__)\n"
+        "try:\n    r.RegionExtractor\nexcept ImportError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Regions" in out.stdout
+    assert "ERR" in out.stdout and "scripts/install_detectron2.py" in out.stdout
