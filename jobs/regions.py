@@ -147,6 +147,9 @@ def run_regions(
             failures.add(ref.image_id, ref.path, "list", ValueError(f"duplicate image_id {ref.image_id!r}"))
             continue
         seen.add(ref.image_id)
+        if not Path(ref.path).is_file():
+            failures.add(ref.image_id, ref.path, "read", FileNotFoundError(f"no such file: {ref.path}"))
+            continue
         try:
             image = decode_image(ref.path)
         except Exception as exc:

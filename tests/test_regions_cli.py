@@ -1,0 +1,78 @@
+"""``ldot regions`` end to end on a few small real photos (tiny config, random weights)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.importorskip("detectron2")
+
+from features import read_regions
+from jobs.cli import main
+from tests.helpers_regions import TINY_CONFIG, photo
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(photo("astronaut", 160, 160)).save(root / "astronaut.jpg", quality=90)
+    Image.fromarray(photo("coffee", 120, 180)).convert("L").save(root / "sub" / "coffee.png")  # grayscale
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("not an image, not listed")
+    return root
+
+
+def test_cli_end_to_end(tmp_path, image_dir):
+    out = tmp_path / "out"
+    extra = tmp_path / "chelsea.jpg"
+    Image.fromarray(photo("chelsea", 150, 200)).save(extra)
+    result = CliRunner().invoke(main, [
+        "regions", str(image_dir), str(extra), str(tmp_path / "missing.jpg"), "--output", str(out),
+        "--detector-config", str(TINY_CONFIG), "--random-weights", "--batch-size", "2", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 3 and summary["failures"] == 2
+    assert summary["fingerprint"].startswith("random-")
+    assert "broken.jpg" in result.stderr and "--random-weights" in result.stderr
+    assert [p.name for p in sorted(out.glob("*.parquet"))] == ["regions-00000.parquet"]
+    got = dict(read_regions(out))
+    assert set(got) == {"astronaut.jpg", "sub/coffee.png", "chelsea.jpg"}
+    assert (got["astronaut.jpg"].width, got["astronaut.jpg"].height) == (160, 160)
+    assert (got["sub/coffee.png"].width, got["sub/coffee.png"].height) == (180, 120)
+    for r in got.values():
+        assert 10 <= r.num_boxes <= 100 and r.features.shape[1] == 2048
+        assert r.soft_labels.shape == (r.num_boxes, 1601)
+        assert np.all(np.diff(r.conf) <= 0)
+    uris = pq.read_table(out / "regions-00000.parquet").column("uri").to_pylist()
+    assert str(extra) in uris
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert {(f["image_id"], f["stage"]) for f in failures} == {("broken.jpg", "decode"), ("missing.jpg", "read")}
+    assert all(f["error"] and f["message"] and f["uri"] for f in failures)
+
+
+def test_cli_glob_and_no_soft_labels(tmp_path, image_dir):
+    out = tmp_path / "out2"
+    result = CliRunner().invoke(main, [
+        "regions", str(image_dir / "**" / "*.png"), "--output", str(out), "--detector-config", str(TINY_CONFIG),
+        "--random-weights", "--no-soft-labels", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    got = dict(read_regions(out))
+    assert list(got) == ["sub/coffee.png"] and got["sub/coffee.png"].soft_labels is None
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_cli_requires_weights_or_random(tmp_path, image_dir):
+    result = CliRunner().invoke(main, ["regions", str(image_dir), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "--detector-weights" in result.output and "--random-weights" in result.output
+    both = CliRunner().invoke(main, ["regions", str(image_dir), "--output", str(tmp_path / "o"),
+                                     "--random-weights", "--detector-weights", "w.pkl"])
+    assert both.exit_code == 2 and "not both" in both.output
