@@ -40,10 +40,12 @@ class ReadImageBytes(beam.DoFn):
             self.failed.inc()
             kind = {"FileNotFoundError": "not_found", "IsADirectoryError": "is_a_directory",
                     "PermissionError": "permission_denied"}.get(type(e).__name__, "read_error")
+            Metrics.counter("ldot", f"failed_read_{kind}").inc()
             yield beam.pvalue.TaggedOutput(FAILED, failure(ref.image_id, ref.uri, "read", kind, str(e)))
             return
         if not data:
             self.failed.inc()
+            Metrics.counter("ldot", "failed_read_empty_file").inc()
             yield beam.pvalue.TaggedOutput(FAILED, failure(ref.image_id, ref.uri, "read", "empty_file", "0 bytes"))
             return
         self.ok.inc()
