@@ -126,6 +126,11 @@ def test_rejects_bad_images():
         ex.extract([np.zeros((20, 20), dtype=np.uint8)])
     with pytest.raises(ValueError, match="uint8 RGB"):
         ex.extract([np.zeros((20, 20, 3), dtype=np.float32)])
+    with pytest.raises(ValueError, match="too narrow"):
+        ex.extract([np.zeros((2000, 3, 3), dtype=np.uint8)])
+    # degenerate but valid: a single pixel still gives the minimum of 10 regions
+    r = ex.extract([np.full((1, 1, 3), 128, dtype=np.uint8)])[0]
+    assert r.num_boxes == 10 and (r.width, r.height) == (1, 1)
 
 
 # ---- weights -------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from encoders.regions.weights import damp_random_weights, load_weights
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
+MIN_RESIZED_SIDE = 8  # the Caffe stem (7x7/2 conv, 3x3/2 pool without padding) needs a few pixels
 
 
 def test_scale(height: int, width: int, min_size: int, max_size: int) -> float:
@@ -102,6 +103,11 @@ class RegionExtractor:
         x = (x - self.model.pixel_mean) / self.model.pixel_std
         scale = test_scale(height, width, self.min_size, self.max_size)
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        if min(new_h, new_w) < MIN_RESIZED_SIDE:
+            raise ValueError(
+                f"image of {width}x{height} pixels is too narrow for the detector: its test scale "
+                f"(shorter side {self.min_size}, longer side at most {self.max_size}) makes it {new_w}x{new_h}"
+            )
         if (new_h, new_w) != (height, width):
             # bilinear without antialiasing, as cv2.INTER_LINEAR in the Caffe pipeline
             x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]

@@ -16,6 +16,8 @@ Everything stock detectron2 lacks is registered through its registries (nothing 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,9 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.structures import ImageList
 from fvcore.nn import weight_init
 from torch import nn
+
+# detectron2 v0.6's anchor grid calls torch.meshgrid without ``indexing=`` (same result, a warning per call)
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
 
 _DEPTH_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
