@@ -1,0 +1,99 @@
+"""``ldot nightly``: the incremental, crash-safe rebuild for cron (see pipeline.nightly for how it works).
+
+Exit codes: 0 ok (published, or nothing changed), 1 the run broke, 2 bad settings, 3 recall guard (built, not
+published), 4 failure-rate guard (not built, not published), 75 another run holds the lock (did nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from click.core import ParameterSource
+
+EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke; 2 bad settings; 3 recall below "
+          "--min-recall (built, not published); 4 failure rate above --max-failure-rate (not published); 75 another "
+          "run holds the lock. In every non-zero case the live index is left as it was.")
+
+# flag name -> NightlyConfig field
+_OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_config", "detector_weights", "regions",
+            "random_weights", "device", "max_failure_rate", "min_recall", "keep", "shards", "factory", "max_memory",
+            "nprobe", "seed", "workers", "lock_file", "report", "force_build")
+
+
+@click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               options_metavar="[INPUT...] [OPTIONS] [BEAM FLAGS as --name=value]", epilog=EPILOG)
+@click.argument("inputs", nargs=-1)
+@click.option("--config", "-c", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with any of the settings below (flags given here override it). Relative paths in it "
+                   "are taken relative to the file.")
+@click.option("--work-dir", help="Snapshots, run reports and the lock live here (local path or fsspec URL).")
+@click.option("--index-root", help="Index root the versions are published under (local path or fsspec URL).")
+@click.option("--checkpoint", help="LightningDOT checkpoint.")
+@click.option("--encoder-config", help="Encoder size JSON (default: configs/encoder/base.json).")
+@click.option("--detector-config", help="Detector YAML (default: configs/detector/butd_r101_c4.yaml).")
+@click.option("--detector-weights", help="Bottom-up-attention detector weights.")
+@click.option("--regions", help="Read pre-extracted region features instead of images.")
+@click.option("--random-weights/--no-random-weights", default=None, help="Random weights: smoke runs only.")
+@click.option("--device", help="cpu, cuda or auto (default auto).")
+@click.option("--max-failure-rate", type=click.FloatRange(0, 1),
+              help="Do not publish when more than this fraction of inputs fail (exit 4).")
+@click.option("--min-recall", type=click.FloatRange(0, 1),
+              help="Do not publish a version whose recall@10 self-check is below this (exit 3).")
+@click.option("--keep", type=click.IntRange(min=1), help="Snapshots and index versions kept (default 3).")
+@click.option("--shards", type=click.IntRange(min=1), help="Index shards (default: one per started million).")
+@click.option("--factory", help="FAISS factory string or 'auto' (default auto).")
+@click.option("--max-memory", help="Memory budget of the served index, guides 'auto' (default 4G).")
+@click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists probed (default: tuned).")
+@click.option("--seed", type=int, help="Seed of the index training sample (default 0).")
+@click.option("--workers", type=int, help="Local runner: worker processes.")
+@click.option("--lock-file", help="Local lock file (default WORK_DIR/nightly.lock; needed for object-store work dirs "
+                                  "when several machines could run the job — they must share this file).")
+@click.option("--report", help="Also write the run report JSON here.")
+@click.option("--force-build/--no-force-build", default=None,
+              help="Build and publish a new version even when nothing changed.")
+@click.pass_context
+def nightly_cmd(ctx: click.Context, inputs: tuple[str, ...], config_file: str | None, **flags: object) -> None:
+    """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),
+    build a new index version, check it, publish it, clean up. Prints the run report as JSON."""
+    from pipeline import nightly as n
+
+    tokens = [*inputs, *ctx.args]
+    beam_args = [t for t in tokens if t.startswith("-")]
+    positional = [t for t in tokens if not t.startswith("-")]
+    try:
+        values: dict[str, object] = {}
+        if config_file:
+            values = n.NightlyConfig.rebase_paths(n.NightlyConfig.normalize(n.load_config_file(config_file)),
+                                                os.path.dirname(os.path.abspath(config_file)))
+        for name in _OPTIONS:  # flags given on the command line override the file
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+                values[name] = flags[name]
+        if positional:
+            values["inputs"] = positional
+        if beam_args:
+            values["beam_args"] = [*_as_list(values.get("beam_args")), *beam_args]
+        cfg = n.NightlyConfig.from_mapping(values)
+    except n.ConfigError as e:
+        click.echo(f"ldot nightly: {e}", err=True)
+        sys.exit(n.EXIT_CONFIG)
+
+    code, report = n.run_nightly(cfg, echo=lambda msg: click.echo(msg, err=True))
+    if code == n.EXIT_LOCKED:
+        click.echo(f"ldot nightly: {report['reason']}", err=True)
+        sys.exit(code)
+    click.echo(json.dumps(report, indent=2))
+    if code != 0:
+        click.echo(f"ldot nightly: exit {code} ({n.EXIT_CODES.get(code, '?')}): {report.get('reason')}", err=True)
+    sys.exit(code)
+
+
+def _as_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    return [str(v) for v in value]  # type: ignore[union-attr]
+
