@@ -87,3 +87,29 @@ def caffe_keep(max_conf: np.ndarray, conf_thresh=0.2, min_boxes=10, max_boxes=10
     elif len(keep_boxes) > max_boxes:
         keep_boxes = order[:max_boxes]
     return keep_boxes[np.argsort(-max_conf[keep_boxes], kind="stable")]
+
+
+def caffe_proposal_layer(anchors, fg_scores, deltas, im_h, im_w, im_scale, min_size=16, pre=6000, post=300,
+                         nms_thresh=0.7):
+    """py-faster-rcnn's ProposalLayer.forward at test time (bbox_transform_inv, clip_boxes, _filter_boxes)."""
+    widths = anchors[:, 2] - anchors[:, 0] + 1.0
+    heights = anchors[:, 3] - anchors[:, 1] + 1.0
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    dx, dy, dw, dh = deltas[:, 0], deltas[:, 1], deltas[:, 2], deltas[:, 3]
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    pred_w = np.exp(dw) * widths
+    pred_h = np.exp(dh) * heights
+    boxes = np.stack([pred_ctr_x - 0.5 * pred_w, pred_ctr_y - 0.5 * pred_h,
+                      pred_ctr_x + 0.5 * pred_w, pred_ctr_y + 0.5 * pred_h], axis=1)
+    boxes[:, 0::2] = np.maximum(np.minimum(boxes[:, 0::2], im_w - 1), 0)
+    boxes[:, 1::2] = np.maximum(np.minimum(boxes[:, 1::2], im_h - 1), 0)
+    ws = boxes[:, 2] - boxes[:, 0] + 1
+    hs = boxes[:, 3] - boxes[:, 1] + 1
+    keep = np.where((ws >= min_size * im_scale) & (hs >= min_size * im_scale))[0]
+    boxes, scores = boxes[keep], fg_scores[keep]
+    order = np.argsort(-scores, kind="stable")[:pre]
+    boxes, scores = boxes[order], scores[order]
+    keep = py_cpu_nms(np.hstack([boxes, scores[:, None]]).astype(np.float32), nms_thresh)[:post]
+    return boxes[keep], scores[keep]

@@ -292,3 +292,32 @@ def test_import_without_detectron2_gives_install_hint():
     assert out.returncode == 0, out.stderr
     assert "Regions" in out.stdout
     assert "ERR" in out.stdout and "scripts/install_detectron2.py" in out.stdout
+
+
+def test_rpn_follows_the_caffe_proposal_layer():
+    """CaffeRPN's proposals == py-faster-rcnn's proposal layer, transcribed (decode, clip, min size, NMS)."""
+    from encoders.regions.modeling import caffe_generate_anchors, caffe_proposals
+    from tests.helpers_regions import caffe_proposal_layer
+
+    rng = np.random.default_rng(5)
+    fh, fw, stride = 12, 17, 16
+    cell = caffe_generate_anchors(16, [0.5, 1, 2], [4, 8, 16, 32])
+    sx, sy = np.meshgrid(np.arange(fw) * stride, np.arange(fh) * stride)
+    shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], axis=1)
+    anchors = (shifts[:, None, :] + cell[None]).reshape(-1, 4).astype(np.float32)
+    logits = rng.normal(0, 2, len(anchors)).astype(np.float32)
+    deltas = rng.normal(0, 0.3, (len(anchors), 4)).astype(np.float32)
+    h, w, scale = fh * stride, fw * stride, 1.6
+    boxes, scores = caffe_proposals(torch.from_numpy(anchors), torch.from_numpy(logits), torch.from_numpy(deltas),
+                                    (h, w), scale, 16, 1000, 60, 0.7)
+    ref_boxes, ref_scores = caffe_proposal_layer(anchors.astype(np.float64), logits, deltas.astype(np.float64),
+                                                 h, w, scale, 16, 1000, 60, 0.7)
+    assert len(ref_boxes) == 60
+    np.testing.assert_allclose(boxes.numpy(), ref_boxes, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(scores.numpy(), ref_scores)
+    # the published config's RPN is this one, with anchors of the model's own generator
+    model = tiny_extractor().model
+    assert type(model.proposal_generator).__name__ == "CaffeRPN"
+    grid = model.proposal_generator.anchor_generator([torch.zeros(1, 1, 2, 3)])[0].tensor.numpy()
+    np.testing.assert_array_equal(grid[:12], cell)
+    np.testing.assert_array_equal(grid[12:24], cell + np.array([16, 0, 16, 0]))

@@ -122,7 +122,7 @@ class RegionExtractor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             prepped = [self.preprocess(im) for im in chunk]
-            results = self.model.extract([t for t, _ in prepped])
+            results = self.model.extract([t for t, _ in prepped], [scale for _, scale in prepped])
             for im, (_, scale), res in zip(chunk, prepped, results, strict=True):
                 probs = res["probs"].float()
                 probs = torch.cat([probs[:, -1:], probs[:, :-1]], dim=1)  # background -> index 0

@@ -6,6 +6,9 @@ Everything stock detectron2 lacks is registered through its registries (nothing 
   max-pool has no padding and rounds up (``ceil_mode``), as in the converted Caffe model.
 - ``CaffeAnchorGenerator`` (ANCHOR_GENERATOR_REGISTRY): py-faster-rcnn's ``generate_anchors`` (base 16,
   rounded widths, "+1" centres, ratio-major order), so RPN weights converted from Caffe line up.
+- ``CaffeRPN`` (PROPOSAL_GENERATOR_REGISTRY): the RPN head of detectron2 with the proposal rule of the
+  Caffe proposal layer: "+1" box decoding, clip to ``[0, W-1]``, drop boxes under ``MIN_SIZE * im_scale``
+  (original-image pixels) *before* taking the top ``PRE_NMS_TOPK_TEST`` by score, NMS with "+1" areas.
 - ``ButdRes5ROIHeads`` (ROI_HEADS_REGISTRY): res5 on ROI-pooled crops with a configurable stride
   (``MODEL.BUTD.RES5_STRIDE``, 1 = res5 not halved) and ``MODEL.RESNETS.RES5_DILATION``, plus the
   attribute head (``cls_embedding`` -> ``fc_attr`` -> ``attr_score``).
@@ -32,10 +35,12 @@ from detectron2.modeling import (
 )
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone.resnet import BottleneckBlock, CNNBlockBase, ResNet
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.roi_heads import Res5ROIHeads
-from detectron2.structures import ImageList
+from detectron2.structures import Boxes, ImageList, Instances
 from fvcore.nn import weight_init
 from torch import nn
+from torchvision.ops import nms
 
 # detectron2 v0.6's anchor grid calls torch.meshgrid without ``indexing=`` (same result, a warning per call)
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
@@ -164,6 +169,84 @@ class CaffeAnchorGenerator(DefaultAnchorGenerator):
         return torch.tensor(caffe_generate_anchors(base, aspect_ratios, scales), dtype=torch.float32)
 
 
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class CaffeRPN(RPN):
+    """detectron2's RPN with py-faster-rcnn's test-time proposal layer (see the module docstring).
+
+    ``forward`` takes the per-image test scales (``im_scales``) so that the minimum proposal size is measured
+    in original-image pixels, as Caffe does; without them the scale is 1.
+    """
+
+    def forward(self, images: ImageList, features, gt_instances=None, im_scales=None):
+        if self.training:
+            return super().forward(images, features, gt_instances)
+        feats = [features[f] for f in self.in_features]
+        if len(feats) != 1:
+            raise ValueError("CaffeRPN supports one feature level (the C4 model)")
+        anchors = self.anchor_generator(feats)[0].tensor
+        logits, deltas = self.rpn_head(feats)
+        logits = logits[0].permute(0, 2, 3, 1).flatten(1)  # (N, H*W*A)
+        b = self.anchor_generator.box_dim
+        d = deltas[0]
+        deltas = d.view(d.shape[0], -1, b, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+        scales = list(im_scales) if im_scales is not None else [1.0] * len(images)
+        out = []
+        for i, (h, w) in enumerate(images.image_sizes):
+            boxes, scores = caffe_proposals(
+                anchors, logits[i], deltas[i], (h, w), scales[i], self.min_box_size,
+                self.pre_nms_topk[False], self.post_nms_topk[False], self.nms_thresh,
+                self.box2box_transform.weights,
+            )
+            inst = Instances((h, w))
+            inst.proposal_boxes = Boxes(boxes)
+            inst.objectness_logits = scores
+            out.append(inst)
+        return out, {}
+
+
+def caffe_proposals(
+    anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, image_size: tuple[int, int], im_scale: float,
+    min_size: float, pre_nms_topk: int, post_nms_topk: int, nms_thresh: float, weights=(1.0, 1.0, 1.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """py-faster-rcnn's ``ProposalLayer.forward`` (test) for one image: returns ``(boxes [R,4], logits [R])``."""
+    h, w = image_size
+    wx, wy, ww, wh = (float(v) for v in weights)
+    anchors = anchors.float()
+    widths = anchors[:, 2] - anchors[:, 0] + 1.0
+    heights = anchors[:, 3] - anchors[:, 1] + 1.0
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    dx, dy, dw, dh = (deltas[:, k].float() for k in range(4))
+    pred_ctr_x = dx / wx * widths + ctr_x
+    pred_ctr_y = dy / wy * heights + ctr_y
+    pred_w = torch.exp(dw / ww) * widths
+    pred_h = torch.exp(dh / wh) * heights
+    boxes = torch.stack(
+        [pred_ctr_x - 0.5 * pred_w, pred_ctr_y - 0.5 * pred_h, pred_ctr_x + 0.5 * pred_w, pred_ctr_y + 0.5 * pred_h],
+        dim=1,
+    )
+    boxes = torch.nan_to_num(boxes, nan=0.0)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
+    min_px = float(min_size) * float(im_scale)
+    keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= min_px) & ((boxes[:, 3] - boxes[:, 1] + 1) >= min_px)
+    if not bool(keep.any()):
+        # a tiny image where no box reaches the minimum size: Caffe would have no proposal at all (and fail);
+        # keep every box instead, so the image still gets regions
+        keep = torch.ones_like(keep)
+    boxes, scores = boxes[keep], logits[keep].float()
+    order = torch.argsort(scores, descending=True, stable=True)
+    if pre_nms_topk > 0:
+        order = order[:pre_nms_topk]
+    boxes, scores = boxes[order], scores[order]
+    plus_one = boxes.clone()
+    plus_one[:, 2:] += 1.0  # Caffe's NMS measures areas as (x2 - x1 + 1) * (y2 - y1 + 1)
+    kept = nms(plus_one, scores, nms_thresh)
+    if post_nms_topk > 0:
+        kept = kept[:post_nms_topk]
+    return boxes[kept], scores[kept]
+
+
 class AttributePredictor(nn.Module):
     """Caffe's attribute branch: ``[pool5, cls_embedding(class)] -> fc_attr -> relu -> attr_score``."""
 
@@ -237,8 +320,11 @@ class ButdRCNN(GeneralizedRCNN):
     """GeneralizedRCNN with the feature-extraction path of the bottom-up-attention model."""
 
     @torch.no_grad()
-    def extract(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """``images``: preprocessed ``[3, h, w]`` float tensors (BGR, mean already subtracted, resized).
+    def extract(
+        self, images: list[torch.Tensor], im_scales: list[float] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """``images``: preprocessed ``[3, h, w]`` float tensors (BGR, mean already subtracted, resized);
+        ``im_scales``: the resize factor of each (for the RPN's minimum size in original pixels).
 
         Returns per image: ``proposals`` ``[R,4]`` raw RPN boxes in the resized image, ``probs`` ``[R, K+1]``
         softmax with background LAST (detectron2 order), ``features`` ``[R, 2048]``.
@@ -254,7 +340,11 @@ class ButdRCNN(GeneralizedRCNN):
             tensor = torch.stack([images[i] for i in idxs]).to(device)
             image_list = ImageList(tensor, [(h, w)] * len(idxs))
             features = self.backbone(tensor)
-            props, _ = self.proposal_generator(image_list, features, None)
+            if isinstance(self.proposal_generator, CaffeRPN):
+                scales = [im_scales[i] if im_scales is not None else 1.0 for i in idxs]
+                props, _ = self.proposal_generator(image_list, features, None, im_scales=scales)
+            else:
+                props, _ = self.proposal_generator(image_list, features, None)
             feats = [features[f] for f in heads.in_features]
             boxes = [p.proposal_boxes for p in props]
             pooled = heads.pooler(feats, boxes)

@@ -52,7 +52,8 @@ class Regions:
         self.norm_bb = np.ascontiguousarray(self.norm_bb, dtype=np.float32).reshape(n, 6)
         self.conf = np.ascontiguousarray(self.conf, dtype=np.float32).reshape(n)
         if self.soft_labels is not None:
-            self.soft_labels = np.ascontiguousarray(self.soft_labels, dtype=np.float32).reshape(n, -1)
+            soft = np.ascontiguousarray(self.soft_labels, dtype=np.float32)
+            self.soft_labels = soft.reshape(n, -1) if n else soft.reshape(0, soft.shape[-1] if soft.ndim else 0)
         if self.features.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {self.features.shape}")
         self.width = int(self.width)
