@@ -321,3 +321,34 @@ def test_rpn_follows_the_caffe_proposal_layer():
     grid = model.proposal_generator.anchor_generator([torch.zeros(1, 1, 2, 3)])[0].tensor.numpy()
     np.testing.assert_array_equal(grid[:12], cell)
     np.testing.assert_array_equal(grid[12:24], cell + np.array([16, 0, 16, 0]))
+
+
+def test_preprocess_scale_and_resize_follow_caffe():
+    from encoders.regions.extractor import caffe_test_scale
+
+    assert caffe_test_scale(480, 640, 600, 1000) == 600 / 480
+    assert caffe_test_scale(300, 1200, 600, 1000) == 1000 / 1200  # the longer side caps the scale
+    ex = tiny_extractor()  # test scale 224 / 384
+    im = photo_gradient(30, 50)
+    x, scale = ex.preprocess(im)
+    assert scale == 224 / 30 and tuple(x.shape) == (3, 224, round(50 * 224 / 30))
+    # BGR minus Caffe's means; bilinear resize mapping src = (dst + 0.5) / scale - 0.5 (as cv2.INTER_LINEAR)
+    src = im[:, :, ::-1].astype(np.float64) - np.array([102.9801, 115.9465, 122.7717])
+    for dy, dx in [(0, 0), (100, 200), (223, 372)]:
+        sy, sx = (dy + 0.5) / scale - 0.5, (dx + 0.5) / scale - 0.5
+        y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+        fy, fx = sy - y0, sx - x0
+        y0c, y1c = np.clip([y0, y0 + 1], 0, 29)
+        x0c, x1c = np.clip([x0, x0 + 1], 0, 49)
+        if sy < 0:
+            y0c = y1c = 0
+        if sx < 0:
+            x0c = x1c = 0
+        want = ((1 - fy) * ((1 - fx) * src[y0c, x0c] + fx * src[y0c, x1c])
+                + fy * ((1 - fx) * src[y1c, x0c] + fx * src[y1c, x1c]))
+        np.testing.assert_allclose(x[:, dy, dx].numpy(), want, atol=1e-3)
+
+
+def photo_gradient(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([(xx * 5) % 256, (yy * 7) % 256, (xx + yy * 3) % 256], axis=2).astype(np.uint8)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.modeling import build_model
 
 from encoders.regions.modeling import load_config
@@ -23,7 +22,7 @@ RANDOM_SEED = 0
 MIN_RESIZED_SIDE = 8  # the Caffe stem (7x7/2 conv, 3x3/2 pool without padding) needs a few pixels
 
 
-def test_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+def caffe_test_scale(height: int, width: int, min_size: int, max_size: int) -> float:
     """Caffe's test scale: shorter side to ``min_size`` unless the longer side would pass ``max_size``."""
     short, long = min(height, width), max(height, width)
     scale = float(min_size) / float(short)
@@ -101,7 +100,7 @@ class RegionExtractor:
             arr = arr[:, :, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1).float()
         x = (x - self.model.pixel_mean) / self.model.pixel_std
-        scale = test_scale(height, width, self.min_size, self.max_size)
+        scale = caffe_test_scale(height, width, self.min_size, self.max_size)
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
         if min(new_h, new_w) < MIN_RESIZED_SIDE:
             raise ValueError(
@@ -109,8 +108,9 @@ class RegionExtractor:
                 f"(shorter side {self.min_size}, longer side at most {self.max_size}) makes it {new_w}x{new_h}"
             )
         if (new_h, new_w) != (height, width):
-            # bilinear without antialiasing, as cv2.INTER_LINEAR in the Caffe pipeline
-            x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+            # as Caffe's cv2.resize(im, None, fx=scale, fy=scale, interpolation=INTER_LINEAR): output size
+            # round(side * scale), source pixel (dst + 0.5) / scale - 0.5, no antialiasing
+            x = torch.ops.aten.upsample_bilinear2d(x[None], [new_h, new_w], False, scale, scale)[0]
         return x, scale
 
     # -- extraction ----------------------------------------------------------------------------------------
