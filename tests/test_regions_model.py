@@ -94,12 +94,16 @@ def test_soft_labels_background_first(extracted):
     np.testing.assert_allclose(raw["probs"][:5, 1:], probs[:, :-1], rtol=1e-4, atol=1e-8)
 
 
-def test_deterministic_and_fingerprint(results):
+def test_deterministic_and_fingerprint(results, tmp_path):
     """A freshly built extractor gives bit-identical regions for the same batch."""
     ims, regs = results
     a = tiny_extractor()
     b = RegionExtractor.from_config(TINY_CONFIG, batch_size=4)
     assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("random-")
+    # workers build from a dump of the merged config: same fingerprint
+    dumped = tmp_path / "merged.yaml"
+    dumped.write_text(a.cfg.dump())
+    assert RegionExtractor.from_config(dumped).fingerprint == a.fingerprint
     for ra, rb in zip(regs, b.extract(ims), strict=True):
         np.testing.assert_array_equal(ra.features, rb.features)
         np.testing.assert_array_equal(ra.boxes, rb.boxes)

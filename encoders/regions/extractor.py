@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,20 @@ def caffe_test_scale(height: int, width: int, min_size: int, max_size: int) -> f
     if max_size > 0 and round(scale * long) > max_size:
         scale = float(max_size) / float(long)
     return scale
+
+
+def canonical_config(cfg) -> str:
+    """The config as canonical JSON (sorted keys, tuples as lists, no device): the same model config gives
+    the same text whether it comes from the YAML files or from a dump of the merged config (workers)."""
+
+    def plain(node):
+        if isinstance(node, dict):
+            return {str(k): plain(v) for k, v in node.items() if k != "DEVICE"}
+        if isinstance(node, (list, tuple)):
+            return [plain(v) for v in node]
+        return node
+
+    return json.dumps(plain(cfg), sort_keys=True)
 
 
 class RegionExtractor:
@@ -68,8 +83,7 @@ class RegionExtractor:
         """``weights=None``: damped random weights (a warning is logged; for smoke runs and tests only).
         Otherwise a local path or fsspec URL to a detectron2 ``.pkl`` converted from Caffe or a ``.pth``."""
         cfg = load_config(str(config_path), device)
-        # the fingerprint must not change with the device the model runs on
-        cfg_text = cfg.dump(sort_keys=True).replace(f"DEVICE: {device}", "DEVICE: -")
+        cfg_text = canonical_config(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = build_model(cfg)
