@@ -216,6 +216,17 @@ def test_pkl_with_caffe2_names_loads(tmp_path):
     assert loaded.fingerprint != base.fingerprint and not loaded.fingerprint.startswith("random")
     again = RegionExtractor.from_config(TINY_CONFIG, weights=f"file://{path}", batch_size=2)
     assert again.fingerprint == loaded.fingerprint
+    # detectron2's model-zoo layout, with C2 names or with detectron2 names
+    zoo = tmp_path / "zoo.pkl"
+    with open(zoo, "wb") as f:
+        pickle.dump({"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}, f)
+    torch.testing.assert_close(RegionExtractor.from_config(TINY_CONFIG, weights=str(zoo)).model.state_dict()[
+        "roi_heads.box_predictor.cls_score.weight"], sd["roi_heads.box_predictor.cls_score.weight"])
+    d2 = tmp_path / "d2.pkl"
+    with open(d2, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "someone"}, f)
+    torch.testing.assert_close(RegionExtractor.from_config(TINY_CONFIG, weights=str(d2)).model.state_dict()[
+        "roi_heads.res5.0.conv1.weight"], sd["roi_heads.res5.0.conv1.weight"])
 
 
 def test_pth_state_dict_and_mismatch_errors(tmp_path):

@@ -110,14 +110,11 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], bool, bytes]:
         obj = _NumpyUnpickler(io.BytesIO(data), encoding="latin1").load()
         if not isinstance(obj, dict):
             raise WeightsError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
-        if "model" in obj and "__author__" in obj:
-            # detectron2 model-zoo layout; the names are C2-style unless the author says otherwise
-            state = obj["model"]
-            c2 = obj.get("matching_heuristics", True) or str(obj.get("__author__")) == "Caffe2"
-        else:
-            state = obj.get("blobs", obj)
-            c2 = True
+        # detectron2 model-zoo layout ({"model": ..., "__author__": ...}), Detectron ({"blobs": ...}) or bare
+        state = obj["model"] if "model" in obj and isinstance(obj["model"], dict) else obj.get("blobs", obj)
         state = {k: v for k, v in state.items() if not k.endswith("_momentum") and k != "lr"}
+        # Caffe2/Detectron names never contain a dot (res2_0_branch2a_w); detectron2 names always do
+        c2 = not any("." in k for k in state)
         return _to_tensors(state), c2, data
     if name.endswith((".pth", ".pt")):
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
