@@ -199,3 +199,20 @@ def test_detect_format_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither"):
         detect_format(tmp_path / "empty")
+
+
+def test_parquet_through_fsspec_url(tmp_path):
+    import fsspec
+
+    with RegionsWriter(tmp_path / "local", rows_per_file=1) as w:
+        for i in range(2):
+            w.write(f"img{i}", None, make_regions(50 + i, 10))
+    fs = fsspec.filesystem("memory")
+    for f in sorted((tmp_path / "local").glob("*.parquet")):
+        fs.pipe(f"/regions-test/{f.name}", f.read_bytes())
+    try:
+        assert detect_format("memory://regions-test") == "parquet"
+        assert [i for i, _ in read_regions("memory://regions-test")] == ["img0", "img1"]
+        assert [i for i, _ in read_regions("memory://regions-test/regions-00001.parquet")] == ["img1"]
+    finally:
+        fs.rm("/regions-test", recursive=True)
