@@ -20,7 +20,7 @@ EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke; 2 
 # flag name -> NightlyConfig field
 _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_config", "detector_weights", "regions",
             "random_weights", "device", "max_failure_rate", "min_recall", "keep", "shards", "factory", "max_memory",
-            "nprobe", "seed", "workers", "lock_file", "report", "force_build")
+            "nprobe", "seed", "selfcheck_queries", "workers", "lock_file", "report", "force_build")
 
 
 @click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -48,6 +48,8 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--max-memory", help="Memory budget of the served index, guides 'auto' (default 4G).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists probed (default: tuned).")
 @click.option("--seed", type=int, help="Seed of the index training sample (default 0).")
+@click.option("--selfcheck-queries", type=click.IntRange(min=0),
+              help="Held-out queries of the recall self-check (default 1000; the index trains on the other rows).")
 @click.option("--workers", type=int, help="Local runner: worker processes.")
 @click.option("--lock-file", help="Local lock file (default WORK_DIR/nightly.lock; needed for object-store work dirs "
                                   "when several machines could run the job — they must share this file).")

@@ -126,6 +126,7 @@ class NightlyConfig:
     max_memory: str | None = "4G"
     nprobe: int | None = None
     seed: int = 0
+    selfcheck_queries: int = 1000
     workers: int | None = None
     lock_file: str | None = None
     report: str | None = None
@@ -148,7 +149,8 @@ class NightlyConfig:
             name = str(key).replace("-", "_")
             if name not in known:
                 raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-            clean[name] = value
+            if value is not None:  # null in a file: the default
+                clean[name] = value
         if isinstance(clean.get("inputs"), str):
             clean["inputs"] = [clean["inputs"]]
         if isinstance(clean.get("beam_args"), str):
@@ -205,7 +207,7 @@ class NightlyConfig:
     def build_settings(self) -> dict[str, Any]:
         """What makes two index builds from the same rows equal (a version is reused only when these match)."""
         return {"shards": self.shards, "factory": self.factory, "max_memory": self.max_memory, "nprobe": self.nprobe,
-                "seed": self.seed}
+                "seed": self.seed, "selfcheck_queries": self.selfcheck_queries}
 
     def lock_path(self) -> str:
         if self.lock_file:
@@ -619,7 +621,8 @@ class Run:
             try:
                 result = build_index([self.work.embeddings(self.id)], cfg.index_root, shards=cfg.shards,
                                      factory=cfg.factory, max_memory=cfg.max_memory, nprobe=cfg.nprobe,
-                                     keep_versions=None, seed=cfg.seed, min_recall=cfg.min_recall, publish=False,
+                                     keep_versions=None, seed=cfg.seed, n_queries=cfg.selfcheck_queries,
+                                     min_recall=cfg.min_recall, publish=False,
                                      beam_args=list(cfg.beam_args), version=version, echo=echo)
             except RecallBelowFloorError as e:
                 sc = e.manifest.get("selfcheck", {})
@@ -651,10 +654,11 @@ class Run:
     def retention(self) -> None:
         cfg = self.cfg
         self.stage("retention")
-        deleted: list[str] = []
+        deletions = [0]
 
-        def hook() -> None:
-            if len(deleted) == 0:
+        def hook() -> None:  # after each deletion: LDOT_NIGHTLY_CRASH_AT=retention kills after the first one
+            deletions[0] += 1
+            if deletions[0] == 1:
                 crash_point("retention")
 
         with self.timed("retention"):
@@ -665,10 +669,9 @@ class Run:
             snaps_deleted = []
             for name in snapshots:
                 if name not in keep:
-                    hook()
                     self.work.delete_snapshot(name)
                     snaps_deleted.append(name)
-                    deleted.append(name)
+                    hook()
             protect = {v for v in (self.report.get("version"),) if v}
             versions_deleted = version_retention(cfg.index_root, cfg.keep, protect, set(self.work.report_names()),
                                                  on_delete=hook)
