@@ -82,7 +82,8 @@ class RegionExtractor:
     ) -> RegionExtractor:
         """``weights=None``: damped random weights (a warning is logged; for smoke runs and tests only).
         Otherwise a local path or fsspec URL to a detectron2 ``.pkl`` converted from Caffe or a ``.pth``."""
-        cfg = load_config(str(config_path), device)
+        # built on the CPU (seeded, so random weights are the same everywhere), then moved to ``device``
+        cfg = load_config(str(config_path), "cpu")
         cfg_text = canonical_config(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
