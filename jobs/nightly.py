@@ -24,8 +24,8 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 
 
 @click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-               options_metavar="[INPUT...] [OPTIONS] [BEAM FLAGS as --name=value]", epilog=EPILOG)
-@click.argument("inputs", nargs=-1)
+               options_metavar="[OPTIONS] [BEAM FLAGS as --name=value]", epilog=EPILOG)
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
 @click.option("--config", "-c", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with any of the settings below (flags given here override it). Relative paths in it "
                    "are taken relative to the file.")
@@ -51,8 +51,9 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--selfcheck-queries", type=click.IntRange(min=0),
               help="Held-out queries of the recall self-check (default 1000; the index trains on the other rows).")
 @click.option("--workers", type=int, help="Local runner: worker processes.")
-@click.option("--lock-file", help="Local lock file (default WORK_DIR/nightly.lock; needed for object-store work dirs "
-                                  "when several machines could run the job — they must share this file).")
+@click.option("--lock-file", help="Local lock file (default WORK_DIR/nightly.lock, or "
+              "~/.cache/ldot/nightly-<hash>.lock for an object-store work dir: the lock then only excludes runs "
+              "on this machine, so run the job from one machine).")
 @click.option("--report", help="Also write the run report JSON here.")
 @click.option("--force-build/--no-force-build", default=None,
               help="Build and publish a new version even when nothing changed.")

@@ -436,8 +436,12 @@ class Run:
 
     def finish(self, status: str, code: int, reason: str | None, published: bool = False) -> int:
         r = self.report
+        try:
+            live_after = layout.read_current(self.cfg.index_root)
+        except Exception as e:  # the index root itself may be what broke
+            live_after = f"unknown ({type(e).__name__}: {e})"
         r.update(status=status, exit_code=code, reason=reason, published=published, finished=_now(),
-                 live_after=layout.read_current(self.cfg.index_root))
+                 live_after=live_after)
         self.timings["total"] = round(time.time() - self.t0, 3)
         r["stage"] = "finished"
         self.save()

@@ -395,3 +395,27 @@ def test_killed_at_every_stage_then_rerun_gives_the_clean_index(state, clean_fin
     assert list(work.complete_snapshots()) == [d["version"]] == work.snapshot_names()
     statuses = [json.loads(p.read_text())["status"] for p in sorted((root / "work" / "reports").glob("2*.json"))]
     assert statuses.count("running") == 0 and statuses.count("died") >= 6
+
+
+def test_new_model_reembeds_everything(state):
+    root = state
+    config = json.loads(Path(TINY_ENCODER).read_text())
+    config["num_layers"] = 1
+    (root / "encoder.json").write_text(json.dumps(config))
+    code, r = run(root, encoder_config=str(root / "encoder.json"))
+    assert code == EXIT_OK and r["published"], r
+    c = r["counts"]
+    assert (c["new"], c["changed"], c["carried"], c["dropped"], c["encoded"]) == (0, 3, 0, 0, 3)
+    seeded_run = sorted(p.stem for p in (root / "work" / "reports").glob("2*.json"))[0]
+    assert layout.live_manifest(str(root / "index"))["model"] == r["model"] != report_of(root, seeded_run)["model"]
+
+
+def test_a_damaged_snapshot_is_never_taken_as_complete(state):
+    work = WorkDir(str(state / "work"))
+    (name,) = work.complete_snapshots()
+    part = next((state / "work" / "snapshots" / name / "embeddings").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:-10])  # a file cut short after the marker was written
+    assert work.read_marker(name) is None and work.complete_snapshots() == {}
+    (state / "work" / "snapshots" / "20990101T000000.000000Z-abcdef" / "embeddings").mkdir(parents=True)
+    assert work.complete_snapshots() == {}  # no marker: not a snapshot
+    assert base_snapshot(work.complete_snapshots()) is None  # the next run is a full one
