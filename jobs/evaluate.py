@@ -57,20 +57,26 @@ def open_index(root: str, nprobe: int | None) -> tuple[Any, dict[str, Any]]:
     except ImportError as e:  # the index package may not be installed/built yet
         raise click.ClickException(f"--index needs the index package (index.search.SearchIndex): {e}") from e
     idx = SearchIndex.open(root, nprobe=nprobe)
-    info: dict[str, Any] = {"root": root, "nprobe": nprobe}
+    info: dict[str, Any] = {"root": root}
     manifest = getattr(idx, "manifest", None)
     if isinstance(manifest, dict):
         info["version"] = manifest.get("version")
         info["factory"] = manifest.get("factory")
-        info["nprobe"] = nprobe if nprobe is not None else manifest.get("nprobe")
-        info["model"] = manifest.get("model") or manifest.get("model_fingerprint")
-        shards = manifest.get("shards")
-        if isinstance(shards, list) and all(isinstance(s, dict) and "count" in s for s in shards):
-            info["vectors"] = sum(int(s["count"]) for s in shards)
-    for attr in ("ntotal", "size", "count"):
-        value = getattr(idx, attr, None)
-        if isinstance(value, int) and "vectors" not in info:
-            info["vectors"] = value
+        info["nprobe"] = manifest.get("nprobe")
+        info["model"] = manifest.get("model")
+        if isinstance(manifest.get("count"), int):
+            info["vectors"] = manifest["count"]
+        selfcheck = manifest.get("selfcheck")
+        if isinstance(selfcheck, dict) and "recall_at_k" in selfcheck:
+            info["selfcheck_recall"] = selfcheck["recall_at_k"]
+    live_nprobe = getattr(idx, "nprobe", None)
+    if isinstance(live_nprobe, int):
+        info["nprobe"] = live_nprobe
+    elif nprobe is not None:
+        info["nprobe"] = nprobe
+    ntotal = getattr(idx, "ntotal", None)
+    if isinstance(ntotal, int):
+        info["vectors"] = ntotal
     return idx, {k: v for k, v in info.items() if v is not None}
 
 

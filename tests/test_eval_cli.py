@@ -161,7 +161,7 @@ def test_cli_with_index_side_by_side(setup, tmp_path, monkeypatch):
 
     class FakeIndex:
         manifest: ClassVar[dict] = {"factory": "IVF4,PQ8", "nprobe": 2, "version": "v1",
-                                    "shards": [{"count": len(ids)}], "model": setup.model.fingerprint}
+                                    "count": len(ids), "model": setup.model.fingerprint}
 
         @classmethod
         def open(cls, root, nprobe=None):
@@ -189,3 +189,20 @@ def test_cli_with_index_side_by_side(setup, tmp_path, monkeypatch):
     assert idx["difference"]["1"] < 0
     assert "index" in result.stdout and "Δ index" in result.stdout
     assert out_png.stat().st_size > 10_000
+
+
+def test_cli_with_a_built_flat_index_matches_exact(setup, tmp_path):
+    """A real index (``ldot build-index`` code, auto factory = Flat for 23 vectors): the ANN column equals exact
+    search over the same embeddings, difference 0."""
+    pytest.importorskip("apache_beam")
+    from index.build import build_index
+
+    root = str(tmp_path / "index")
+    build_index([setup.emb], root, shards=2, beam_args=["--runner=FnApiRunner"], n_queries=10)
+    out_json = tmp_path / "r.json"
+    run_eval(setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json))
+    rep = json.loads(out_json.read_text())
+    idx = rep["index"]
+    assert idx["vectors"] == 23 and "Flat" in idx["factory"] and idx["model"] == setup.model.fingerprint
+    assert idx["text_to_image"]["recall"] == rep["exact_all"]["text_to_image"]["recall"]
+    assert set(idx["difference"].values()) == {0.0}
