@@ -144,6 +144,7 @@ def _read_karpathy(obj: dict, path: str, wanted: set[str] | None, text_field: st
         raise CaptionError(f"text_field must be 'raw' or 'tokens', got {text_field!r}")
     b = _Builder()
     seen_splits: set[str] = set()
+    no_sentences = []
     for n, img in enumerate(obj["images"]):
         if not isinstance(img, dict) or "sentences" not in img:
             raise CaptionError(f"{path}: images[{n}] has no 'sentences': not a Karpathy split file")
@@ -154,6 +155,9 @@ def _read_karpathy(obj: dict, path: str, wanted: set[str] | None, text_field: st
         name = img.get("filename")
         if name is None:
             raise CaptionError(f"{path}: images[{n}] has no 'filename'")
+        if not img["sentences"]:
+            no_sentences.append(str(name))
+            continue
         record = _scalars(img)
         if img.get("filepath"):
             record["path"] = posixpath.join(img["filepath"], name)
@@ -167,7 +171,9 @@ def _read_karpathy(obj: dict, path: str, wanted: set[str] | None, text_field: st
             b.add(str(name), caption.strip(), record)
     if wanted is not None and not b.names:
         raise CaptionError(f"{path}: no image in split {sorted(wanted)}; the file has splits {sorted(seen_splits)}")
-    return b.build(source=path, format="karpathy", split=sorted(wanted) if wanted else None)
+    notes = [f"{len(no_sentences)} images have no sentences and cannot be queried: {no_sentences[:5]}"] \
+        if no_sentences else []
+    return b.build(source=path, format="karpathy", split=sorted(wanted) if wanted else None, notes=notes)
 
 
 def _read_coco(obj: dict, path: str, wanted: set[str] | None) -> CaptionSet:

@@ -249,6 +249,9 @@ def test_caption_reader_errors(tmp_path):
         load_captions(str(bad))
     with pytest.raises(CaptionError, match="has splits"):
         load_captions(karpathy(tmp_path, KARPATHY_IMAGES), split="val")
+    empty = [*KARPATHY_IMAGES, {"filename": "400.jpg", "imgid": 3, "split": "test", "sentences": []}]
+    caps = load_captions(karpathy(tmp_path, empty), split="test")
+    assert caps.num_images == 2 and any("400.jpg" in n and "no sentences" in n for n in caps.notes)
 
 
 def test_mapping_methods():
