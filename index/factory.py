@@ -131,8 +131,10 @@ def choose_factory(n: int, d: int, max_memory: int | str | None = DEFAULT_MAX_ME
             why.append(f"IVF-PQ: largest code that fits is PQ{m} ({m} B/vector + {ID_BYTES} B id, "
                        f"{fmt_bytes(est)} total); " + (
                            f"OPQ rotation since each sub-quantizer spans {d // m} dims" if opq else
-                           f"no OPQ: sub-vectors of {d // m} dims are already fine-grained"))
-            factory = f"OPQ{m},{ivf},PQ{m}" if opq else f"{ivf},PQ{m}"
+                           f"no OPQ: sub-vectors of {d // m} dims are already fine-grained") + "; 8-bit codes")
+            # "np": no polysemous training (it only serves Hamming pre-filtering, which we do not use, and costs
+            # minutes of simulated annealing at build time)
+            factory = f"OPQ{m},{ivf},PQ{m}np" if opq else f"{ivf},PQ{m}np"
             return FactoryChoice(factory, "ivf-pq", nlist, m, opq, quantizer, est, m + ID_BYTES, train, why)
     smallest = min(m for m in _divisors_desc(d))
     need = n * (smallest + ID_BYTES) + centroid_bytes

@@ -1,0 +1,67 @@
+"""``ldot build-index``: embeddings Parquet -> a published version of a sharded FAISS index (see index.build)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("build-index", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True))
+@click.argument("embeddings", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Index root (local path or fsspec URL).")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Number of shards (default: one per started million vectors).")
+@click.option("--factory", default="auto", show_default=True,
+              help="FAISS factory string, or 'auto' to choose from size, dim and --max-memory.")
+@click.option("--max-memory", default="4G", show_default=True,
+              help="Memory budget of the whole index when served (e.g. 512M, 4G); guides 'auto'.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists probed per query (default: tuned on held-out queries).")
+@click.option("--keep-versions", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Versions kept after publishing (the live one is never deleted).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training/query sample.")
+@click.option("--queries", "n_queries", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Held-out queries for the recall self-check.")
+@click.option("--train-per-list", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Training vectors per IVF list (30-256 is the usual range).")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Recall@10 that nprobe tuning aims for.")
+@click.option("--min-recall", type=click.FloatRange(0, 1), default=None,
+              help="Refuse to publish a version whose recall@10 self-check is below this floor (exit code 3).")
+@click.option("--no-publish", is_flag=True, help="Build and self-check, but leave CURRENT as it is.")
+@click.option("--rows-per-unit", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows per parallel work unit (row groups are never split).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
+@click.pass_context
+def build_index_cmd(ctx: click.Context, embeddings: tuple[str, ...], output: str, shards: int | None, factory: str,
+                    max_memory: str, nprobe: int | None, keep_versions: int, seed: int, n_queries: int,
+                    train_per_list: int, target_recall: float, min_recall: float | None, no_publish: bool,
+                    rows_per_unit: int, as_json: bool) -> None:
+    """Build sharded FAISS indexes from EMBEDDINGS (Parquet files, directories or globs) and publish them under
+    OUTPUT/versions/<version>/, switching OUTPUT/CURRENT last. Unknown options are passed to Beam
+    (default --runner=FnApiRunner)."""
+    from index.build import build_index
+    from index.errors import IndexError_, RecallBelowFloorError
+
+    beam_args = list(ctx.args)
+    stray = [a for a in beam_args if not a.startswith("-")]
+    if stray:
+        raise click.UsageError(f"unexpected argument(s) {stray}: inputs go before the options; Beam flags are "
+                               "--name=value")
+    echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    try:
+        result = build_index(list(embeddings), output, shards=shards, factory=factory, max_memory=max_memory,
+                             nprobe=nprobe, keep_versions=keep_versions, seed=seed, n_queries=n_queries,
+                             train_per_list=train_per_list, target_recall=target_recall, min_recall=min_recall,
+                             publish=not no_publish, beam_args=beam_args, rows_per_unit=rows_per_unit, echo=echo)
+    except RecallBelowFloorError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    except (IndexError_, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+    elif not result.published:
+        click.echo(f"built {result.version} (not published; publish with index.layout.publish)")

@@ -1,0 +1,95 @@
+"""``ldot search`` (text -> images through the live index) and ``ldot index-info`` (the live manifest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _load_encoder(checkpoint: str | None, vocab: str | None, encoder_config: str | None, random_weights: bool,
+                  device: str):
+    from encoders.lightningdot import LightningDOT
+
+    if random_weights:
+        return LightningDOT.random(encoder_config, seed=0, device=device, vocab=vocab)
+    if not checkpoint:
+        raise click.UsageError("give --checkpoint (with --vocab) or --random-weights")
+    return LightningDOT.from_checkpoint(checkpoint, config=encoder_config, device=device, vocab=vocab)
+
+
+@click.command("search")
+@click.argument("root")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--checkpoint", type=str, default=None, help="LightningDOT checkpoint (.pt).")
+@click.option("--vocab", type=str, default=None, help="WordPiece vocab file (bert-base-cased vocab.txt).")
+@click.option("--encoder-config", type=str, default=None, help="Encoder config JSON (default: the checkpoint's).")
+@click.option("--random-weights", is_flag=True, help="Random text tower (smoke tests only).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Override the manifest's nprobe.")
+@click.option("--force", is_flag=True, help="Search even if the query model differs from the index's model.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--html", "html_path", type=str, default=None, help="Write an HTML page with thumbnails here.")
+def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None, vocab: str | None,
+               encoder_config: str | None, random_weights: bool, device: str, nprobe: int | None, force: bool,
+               as_json: bool, html_path: str | None) -> None:
+    """Search the live version of index ROOT with one or more TEXTS."""
+    from index.errors import IndexError_
+    from index.search import SearchIndex
+
+    try:
+        idx = SearchIndex.open(root, nprobe=nprobe)
+    except IndexError_ as e:
+        raise click.ClickException(str(e)) from e
+    model = _load_encoder(checkpoint, vocab, encoder_config, random_weights, device)
+    index_model = idx.manifest.get("model")
+    if index_model and model.fingerprint != index_model:
+        msg = (f"the query model ({model.fingerprint}) is not the model that embedded the index ({index_model}): "
+               "scores across different models are meaningless")
+        if not force:
+            raise click.ClickException(msg + " (use --force to search anyway)")
+        click.echo(f"warning: {msg}", err=True)
+    vectors = model.encode_captions(list(texts))
+    res = idx.search(vectors, k)
+    results = [res.records(q) for q in range(len(texts))]
+    if html_path:
+        import fsspec
+
+        from index.html import render_results_html
+
+        with fsspec.open(html_path, "w", encoding="utf-8") as f:
+            f.write(render_results_html(list(texts), results, idx.manifest))
+        click.echo(f"wrote {html_path}", err=True)
+    if as_json:
+        out = {"version": idx.version, "nprobe": idx.nprobe, "model": index_model,
+               "queries": [{"text": t, "results": r} for t, r in zip(texts, results, strict=True)]}
+        click.echo(json.dumps(out, indent=2))
+        return
+    for text, rows in zip(texts, results, strict=True):
+        click.echo(f"{text}")
+        for r in rows:
+            click.echo(f"  {r['rank']:>3}  {r['score']:10.4f}  {r['image_id']}  {r['uri']}")
+
+
+@click.command("index-info")
+@click.argument("root")
+@click.option("--version", "version", default=None, help="A version other than the live one.")
+@click.option("--verify", is_flag=True, help="Also load the index and verify every file's checksum.")
+def index_info_cmd(root: str, version: str | None, verify: bool) -> None:
+    """Print the live manifest of index ROOT (JSON)."""
+    from index import layout
+    from index.errors import IndexError_
+
+    try:
+        manifest = layout.read_manifest(root, version) if version else layout.live_manifest(root)
+        if verify:
+            from index.search import SearchIndex
+
+            SearchIndex.from_manifest(root, manifest)
+            click.echo(f"verified {len(manifest['shards'])} shard(s), {manifest['count']} vectors", err=True)
+    except IndexError_ as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(manifest, indent=2))
