@@ -45,11 +45,14 @@ def build_index_cmd(ctx: click.Context, embeddings: tuple[str, ...], output: str
     from index.build import build_index
     from index.errors import IndexError_, RecallBelowFloorError
 
-    beam_args = list(ctx.args)
-    stray = [a for a in beam_args if not a.startswith("-")]
-    if stray:
-        raise click.UsageError(f"unexpected argument(s) {stray}: inputs go before the options; Beam flags are "
-                               "--name=value")
+    # with a variadic argument, click hands unknown options over in EMBEDDINGS: Beam flags are --name=value
+    beam_args = [a for a in embeddings if a.startswith("-")] + list(ctx.args)
+    embeddings = tuple(a for a in embeddings if not a.startswith("-"))
+    if not embeddings:
+        raise click.UsageError("give at least one EMBEDDINGS input")
+    bare = [a for a in beam_args if not a.startswith("-")]
+    if bare:
+        raise click.UsageError(f"unexpected argument(s) {bare}: Beam flags take the form --name=value")
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     try:
         result = build_index(list(embeddings), output, shards=shards, factory=factory, max_memory=max_memory,
