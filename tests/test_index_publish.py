@@ -121,3 +121,21 @@ def test_retention_keeps_last_k_and_never_the_live_one(tmp_path):
     assert json.loads(Path(layout.manifest_url(root, complete[0])).read_text())["version"] == complete[0]
     with pytest.raises(ValueError):
         layout.apply_retention(root, keep=0)
+
+
+def test_object_store_root_via_fsspec(tmp_path):
+    """An fsspec URL root (memory://, standing in for gs:// or s3://): single-object writes, same layout."""
+    x = np.random.default_rng(7).standard_normal((300, 32)).astype(np.float32)
+    names = write_embeddings(tmp_path / "emb.parquet", x)
+    root = "memory://ldot-test-index"
+    try:
+        first = build_index(str(tmp_path / "emb.parquet"), root, shards=2, beam_args=BEAM, n_queries=10)
+        second = build_index(str(tmp_path / "emb.parquet"), root, shards=2, beam_args=BEAM, n_queries=10,
+                             keep_versions=1)
+        assert layout.read_current(root) == second.version and layout.list_versions(root) == [second.version]
+        assert first.version != second.version
+        idx = SearchIndex.open(root)
+        top, _ = numpy_topk(x[:3], x, 5)
+        assert idx.search(x[:3], 5).image_ids == np.array(names)[top].tolist()
+    finally:
+        storage.rm(root)
