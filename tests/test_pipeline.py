@@ -94,7 +94,7 @@ def test_pipeline_equals_bare_in_process_run(demo_run):
 
 
 def test_precomputed_regions_skip_detection(demo_run, tmp_path):
-    job, first, out = demo_run
+    _, _, out = demo_run
     second = run_index_job(IndexJob(inputs=[], regions=str(out / "regions"), output=str(tmp_path / "again"),
                                     random_weights=True, encoder_config=TINY_ENCODER, device="cpu"))
     assert second["detector"] == "precomputed" and second["counts"]["embedded"] == 7
@@ -162,7 +162,7 @@ def test_every_dofn_pickles_with_beams_pickler(demo_run):
 @pytest.mark.slow
 def test_two_worker_processes(tmp_path, demo_run):
     """multi_processing: every DoFn and model spec crosses a process boundary, as on Dataflow workers."""
-    _, first, out = demo_run
+    _, _, out = demo_run
     report = run_index_job(IndexJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "mp"), **TINY), workers=2)
     assert report["counts"]["embedded"] == 7 and report["workers"] == 2
     a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
