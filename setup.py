@@ -28,6 +28,7 @@ setup(
         "tokenizers==0.23.3",
         "pyyaml==6.0.4",
         "lmdb==3.0.0",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": [
@@ -36,7 +37,6 @@ setup(
             "scikit-image==0.26.0",
             "transformers==5.24.0",
         ],
-        "bench": ["autofaiss==2.18.0", "psutil"],
     },
     entry_points={"console_scripts": ["ldot=jobs.cli:main"]},
 )

@@ -131,6 +131,8 @@ def apply_retention(root: str, keep: int, *, incomplete_older_than_s: float | No
             doomed = (incomplete_older_than_s is not None and created is not None
                       and (now - created).total_seconds() >= incomplete_older_than_s)
         if doomed and read_current(root) != v:  # re-check: never delete what became live meanwhile
+            if v in complete:  # manifest first: a deletion killed halfway leaves an incomplete version
+                storage.rm(manifest_url(root, v), recursive=False)
             storage.rm(version_dir(root, v))
             deleted.append(v)
             log.info("retention: deleted version %s of %s", v, root)

@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 def draw_rows(n_total: int, n_train: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint, seeded, uniformly random global row numbers: (training rows, held-out query rows).
-    Not the first N rows: inputs are often sorted (by source, date, id) and a prefix is a biased sample."""
-    n_queries = min(n_queries, n_total)
-    n_train = min(n_train, n_total - n_queries) if n_total > n_queries else 0
+    Not the first N rows: inputs are often sorted (by source, date, id) and a prefix is a biased sample.
+    Queries take at most half the rows, so a small corpus still leaves vectors to train on."""
+    n_queries = min(n_queries, n_total // 2) if n_total > 1 else n_total
+    n_train = min(n_train, n_total - n_queries)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n_total, size=n_train + n_queries, replace=False)
     return np.sort(chosen[:n_train]), np.sort(chosen[n_train:])

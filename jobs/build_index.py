@@ -8,8 +8,8 @@ import sys
 import click
 
 
-@click.command("build-index", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True))
-@click.argument("embeddings", nargs=-1, required=True)
+@click.command("build-index", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True),
+               options_metavar="EMBEDDINGS... [OPTIONS] [BEAM FLAGS]")
 @click.option("--output", "-o", required=True, help="Index root (local path or fsspec URL).")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Number of shards (default: one per started million vectors).")
@@ -35,7 +35,7 @@ import click
               help="Rows per parallel work unit (row groups are never split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 @click.pass_context
-def build_index_cmd(ctx: click.Context, embeddings: tuple[str, ...], output: str, shards: int | None, factory: str,
+def build_index_cmd(ctx: click.Context, output: str, shards: int | None, factory: str,
                     max_memory: str, nprobe: int | None, keep_versions: int, seed: int, n_queries: int,
                     train_per_list: int, target_recall: float, min_recall: float | None, no_publish: bool,
                     rows_per_unit: int, as_json: bool) -> None:
@@ -44,18 +44,14 @@ def build_index_cmd(ctx: click.Context, embeddings: tuple[str, ...], output: str
     (default --runner=FnApiRunner)."""
     from index.build import build_index
     from index.errors import IndexError_, RecallBelowFloorError
+    from pipeline.beam_args import split_beam_args
 
-    # with a variadic argument, click hands unknown options over in EMBEDDINGS: Beam flags are --name=value
-    beam_args = [a for a in embeddings if a.startswith("-")] + list(ctx.args)
-    embeddings = tuple(a for a in embeddings if not a.startswith("-"))
+    embeddings, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
     if not embeddings:
         raise click.UsageError("give at least one EMBEDDINGS input")
-    bare = [a for a in beam_args if not a.startswith("-")]
-    if bare:
-        raise click.UsageError(f"unexpected argument(s) {bare}: Beam flags take the form --name=value")
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     try:
-        result = build_index(list(embeddings), output, shards=shards, factory=factory, max_memory=max_memory,
+        result = build_index(embeddings, output, shards=shards, factory=factory, max_memory=max_memory,
                              nprobe=nprobe, keep_versions=keep_versions, seed=seed, n_queries=n_queries,
                              train_per_list=train_per_list, target_recall=target_recall, min_recall=min_recall,
                              publish=not no_publish, beam_args=beam_args, rows_per_unit=rows_per_unit, echo=echo)

@@ -24,8 +24,7 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 
 
 @click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-               options_metavar="[OPTIONS] [BEAM FLAGS as --name=value]", epilog=EPILOG)
-@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+               options_metavar="[INPUT]... [OPTIONS] [BEAM FLAGS]", epilog=EPILOG)
 @click.option("--config", "-c", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with any of the settings below (flags given here override it). Relative paths in it "
                    "are taken relative to the file.")
@@ -58,14 +57,13 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--force-build/--no-force-build", default=None,
               help="Build and publish a new version even when nothing changed.")
 @click.pass_context
-def nightly_cmd(ctx: click.Context, inputs: tuple[str, ...], config_file: str | None, **flags: object) -> None:
+def nightly_cmd(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),
     build a new index version, check it, publish it, clean up. Prints the run report as JSON."""
     from pipeline import nightly as n
+    from pipeline.beam_args import split_beam_args
 
-    tokens = [*inputs, *ctx.args]
-    beam_args = [t for t in tokens if t.startswith("-")]
-    positional = [t for t in tokens if not t.startswith("-")]
+    positional, beam_args = split_beam_args(ctx.args)  # inputs and unknown (Beam) flags, in command-line order
     try:
         values: dict[str, object] = {}
         if config_file:

@@ -26,6 +26,7 @@ from index.errors import (
 from index.factory import choose_factory, parse_memory
 from index.ids import check_unique, faiss_id, faiss_ids, shard_of
 from index.search import SearchIndex
+from index.train import draw_rows
 
 BEAM = ["--runner=FnApiRunner"]
 D = 768
@@ -106,6 +107,17 @@ def test_check_unique_tells_collisions_from_duplicates():
 
 
 # ---- factory choice --------------------------------------------------------------------------------------------------
+
+def test_draw_rows_is_seeded_disjoint_and_leaves_rows_to_train_on():
+    train, queries = draw_rows(100_000, 5000, 1000, seed=3)
+    assert len(train) == 5000 and len(queries) == 1000 and not set(train) & set(queries)
+    assert train.max() > 50_000  # a random sample, not a prefix
+    again = draw_rows(100_000, 5000, 1000, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(queries, again[1])
+    assert not np.array_equal(train, draw_rows(100_000, 5000, 1000, seed=4)[0])
+    small_train, small_queries = draw_rows(300, 5000, 1000, seed=0)  # fewer rows than the default query count
+    assert len(small_queries) == 150 and len(small_train) == 150 and not set(small_train) & set(small_queries)
+
 
 def test_auto_factory_walks_flat_ivf_sq_pq_with_budget():
     assert parse_memory("4G") == 4 << 30 and parse_memory("1.5MiB") == int(1.5 * (1 << 20))

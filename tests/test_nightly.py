@@ -285,13 +285,13 @@ def test_flags_override_the_config_file_and_paths_are_relative_to_it(tmp_path, m
 
     monkeypatch.setattr(nightly, "run_nightly", fake_run)
     result = CliRunner().invoke(nightly_cmd, ["--config", str(tmp_path / "conf" / "n.yaml"), "--keep", "2",
-                                              "--factory", "IDMap,Flat", "--runner=FnApiRunner"])
+                                              "--factory", "IDMap,Flat", "--runner", "FnApiRunner"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.inputs == [str(tmp_path / "conf" / "photos")] and cfg.work_dir == str(tmp_path / "conf" / "w")
     assert cfg.index_root == "/abs/index" and cfg.keep == 2 and cfg.min_recall == 0.5
     assert cfg.factory == "IDMap,Flat" and cfg.device == "auto"
-    assert cfg.beam_args == ["--direct_num_workers=1", "--runner=FnApiRunner"]
+    assert cfg.beam_args == ["--direct_num_workers=1", "--runner", "FnApiRunner"]  # a Beam flag's value stays its own
 
     (tmp_path / "conf" / "bad.yaml").write_text("inputs: [x]\nwork_dir: w\nindex_root: i\nkeeep: 3\n")
     result = CliRunner().invoke(nightly_cmd, ["--config", str(tmp_path / "conf" / "bad.yaml")])

@@ -180,7 +180,8 @@ def test_sdist_ships_every_package_and_config(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     wanted = [p.relative_to(REPO).as_posix() for pkg in ("pipeline", "transforms", "encoders", "jobs", "index",
                                                           "evaluation", "features") for p in (REPO / pkg).rglob("*.py")]
-    wanted += [p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*") if p.is_file()]
+    wanted += [p.relative_to(REPO).as_posix() for folder in ("configs", "jobs/demo_images")
+               for p in (REPO / folder).rglob("*") if p.is_file()]
     missing = [w for w in wanted if w not in names]
     assert not missing, f"not in the sdist: {missing}"
 

@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
     pq.write_table(table, emb)
     index_root = str(root / "index")
     result = CliRunner().invoke(main, ["build-index", str(emb), "--output", index_root, "--shards", "2",
-                                       "--queries", "4", "--direct_num_workers=1"])
+                                       "--queries", "4", "--direct_num_workers", "1"])
     assert result.exit_code == 0, result.output
     return type("S", (), dict(root=root, vocab=str(vocab), checkpoint=str(checkpoint), index=index_root,
                               model=model, ids=ids, build_output=result.output))
