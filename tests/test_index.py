@@ -54,16 +54,6 @@ def write_embeddings(path: str | Path, x: np.ndarray, start: int = 0, *, model: 
     return ids
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """The test machines are small and shared: OpenMP barriers spin under oversubscription (10x slower)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, latent: int = 24, noise: float = 0.05,
               rng: np.random.Generator | None = None) -> np.ndarray:

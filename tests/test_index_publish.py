@@ -17,15 +17,6 @@ from tests.test_index import BEAM, numpy_topk, write_embeddings
 D = 768
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 def test_concurrent_reader_sees_old_or_new_never_a_mix(tmp_path):
     rng = np.random.default_rng(0)

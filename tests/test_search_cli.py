@@ -70,7 +70,7 @@ def test_build_index_cli_prints_reasoning_and_publishes(setup):
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output)
     assert manifest["version"] == layout.read_current(setup.index) and manifest["count"] == len(CAPTIONS)
-    assert manifest["model"] == setup.model.fingerprint and manifest["beam_args"] == ["--direct_num_workers=1"]
+    assert manifest["model"] == setup.model.fingerprint and manifest["beam_args"] == ["--direct_num_workers", "1"]
     assert CliRunner().invoke(main, ["index-info", setup.index, "--verify"]).exit_code == 0
     assert CliRunner().invoke(main, ["index-info", str(setup.root / "nothing")]).exit_code == 1
 

@@ -1,0 +1,16 @@
+"""Suite-wide settings for the small shared test machines."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    """OpenMP barriers spin under oversubscription on 2 shared cores (10x slower): FAISS gets one thread."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
