@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """OpenMP barriers spin under oversubscription on 2 shared cores (10x slower): FAISS gets one thread."""
+@pytest.fixture
+def one_faiss_thread():
+    """OpenMP barriers spin under oversubscription on 2 shared cores (10x slower): FAISS gets one thread.
+    Opt-in per module (``pytestmark``): the OpenMP setting is process-wide and would change torch's
+    reduction order between a module-scoped fixture and its tests."""
     import faiss
 
     before = faiss.omp_get_max_threads()

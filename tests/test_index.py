@@ -28,6 +28,8 @@ from index.ids import check_unique, faiss_id, faiss_ids, shard_of
 from index.search import SearchIndex
 from index.train import draw_rows
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 BEAM = ["--runner=FnApiRunner"]
 D = 768
 

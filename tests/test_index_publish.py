@@ -14,6 +14,8 @@ from index.build import build_index
 from index.search import SearchIndex
 from tests.test_index import BEAM, numpy_topk, write_embeddings
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 D = 768
 
 
