@@ -106,6 +106,7 @@ def prepare_models(job: IndexJob) -> Models:
 def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
     failures, carried = [], []
+    progress_kwargs: dict[str, object] = {}
 
     def split_by_snapshot(items: beam.PCollection) -> beam.PCollection:
         if job.previous is None:
@@ -126,6 +127,9 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
                      | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
                      | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))
         failures += [listed[FAILED], read[FAILED], decoded[FAILED], extracted[FAILED]]
+        listed_total = ((listed["refs"], listed[FAILED]) | "AllListed" >> beam.Flatten()
+                        | "CountListed" >> beam.combiners.Count.Globally())
+        progress_kwargs["total"] = beam.pvalue.AsSingleton(listed_total)
         regions = extracted.ok
     embedded = (regions
                 | "BatchRegions" >> beam.BatchElements(
@@ -148,7 +152,7 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
     markers = ((rows | "OkMarker" >> beam.Map(lambda _: "ok"),
                 all_failures | "FailMarker" >> beam.Map(lambda _: "failed"))
                | "Markers" >> beam.Flatten())
-    markers | "Progress" >> beam.ParDo(ReportProgress())
+    markers | "Progress" >> beam.ParDo(ReportProgress(), **progress_kwargs)
     return {"embeddings": rows, "failures": all_failures}
 
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from jobs.cli import main as cli
 from pipeline.index_job import IndexJob, JobError, prepare_models, run_index_job
 from tests.pipeline_helpers import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
+from transforms.progress import progress_line
 
 TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}
 
@@ -105,7 +106,7 @@ def test_precomputed_regions_skip_detection(demo_run, tmp_path):
         np.testing.assert_allclose(a[key], b[key], atol=5e-3)
 
 
-def test_manifest_inputs_with_missing_files(tmp_path):
+def test_manifest_inputs_with_missing_files(tmp_path, capfd):
     manifest = tmp_path / "list.jsonl"
     lines = [{"uri": str(DEMO_IMAGES / "coffee.jpg"), "image_id": "cup"},
              {"uri": str(tmp_path / "gone.jpg"), "image_id": "gone"},
@@ -115,6 +116,14 @@ def test_manifest_inputs_with_missing_files(tmp_path):
     rows = read_table(tmp_path / "out" / "embeddings")
     assert sorted(r["image_id"] for r in rows) == sorted(["cup", str(DEMO_IMAGES / "rocket.jpg")])
     assert report["counts"]["failed_by_error"] == {"not_found": 1}
+    # the progress display knows the listed total and reports the last input
+    assert "3/3 100%  embedded 2, failed 1" in capfd.readouterr().err
+
+
+def test_progress_line():
+    assert progress_line(30, 10, 10.0, 200, width=10) == ("[##........] 40/200  20%  embedded 30, failed 10  "
+                                                          "4.0 images/s  ETA 0m40s")
+    assert progress_line(5, 0, 1.0, None) == "embedded 5, failed 0  5.0 images/s"
 
 
 def test_failure_rate_guard_and_missing_weights(tmp_path):
