@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from transforms.embedding import EmbedRegions
 from transforms.incremental import CARRIED, SplitBySnapshot
 from transforms.listing import ListImages
 from transforms.models import DetectorSpec, EncoderSpec
-from transforms.progress import ReportProgress
+from transforms.progress import EMBEDDED, LIST_FAILED, LISTED, STAGE_FAILED, CountProgress
 from transforms.reading import ReadImageBytes
 from transforms.records import FAILED
 from transforms.regions import ExtractRegions, ReadPrecomputedRegions
@@ -106,7 +107,10 @@ def prepare_models(job: IndexJob) -> Models:
 def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
     failures, carried = [], []
-    progress_kwargs: dict[str, object] = {}
+    run_id = uuid.uuid4().hex
+
+    def count(pcoll: beam.PCollection, label: str, kind: str) -> None:
+        pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind))
 
     def split_by_snapshot(items: beam.PCollection) -> beam.PCollection:
         if job.previous is None:
@@ -127,9 +131,10 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
                      | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
                      | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))
         failures += [listed[FAILED], read[FAILED], decoded[FAILED], extracted[FAILED]]
-        listed_total = ((listed["refs"], listed[FAILED]) | "AllListed" >> beam.Flatten()
-                        | "CountListed" >> beam.combiners.Count.Globally())
-        progress_kwargs["total"] = beam.pvalue.AsSingleton(listed_total)
+        count(listed["refs"], "Listed", LISTED)
+        count(listed[FAILED], "ListFailed", LIST_FAILED)
+        for label, pcoll in (("Read", read), ("Decode", decoded), ("Extract", extracted)):
+            count(pcoll[FAILED], f"{label}Failed", STAGE_FAILED)
         regions = extracted.ok
     embedded = (regions
                 | "BatchRegions" >> beam.BatchElements(
@@ -138,6 +143,10 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
                 | "Embed" >> beam.ParDo(EmbedRegions(models.encoder, models.model_fingerprint,
                                                      models.detector_fingerprint)).with_outputs(FAILED, main="ok"))
     failures.append(embedded[FAILED])
+    count(embedded.ok, "Embedded", EMBEDDED)
+    count(embedded[FAILED], "EmbedFailed", STAGE_FAILED)
+    for i, rows_carried in enumerate(carried):
+        count(rows_carried, f"Carried{i}", EMBEDDED)
     all_failures = failures | "AllFailures" >> beam.Flatten()
     out = job.output.rstrip("/")
     rows = [embedded.ok, *carried] | "AllEmbeddings" >> beam.Flatten()
@@ -149,10 +158,6 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
         (regions
          | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
          | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table))
-    markers = ((rows | "OkMarker" >> beam.Map(lambda _: "ok"),
-                all_failures | "FailMarker" >> beam.Map(lambda _: "failed"))
-               | "Markers" >> beam.Flatten())
-    markers | "Progress" >> beam.ParDo(ReportProgress(), **progress_kwargs)
     return {"embeddings": rows, "failures": all_failures}
 
 

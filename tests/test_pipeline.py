@@ -157,13 +157,13 @@ def test_every_dofn_pickles_with_beams_pickler(demo_run):
     from transforms.decoding import DecodeImages
     from transforms.embedding import EmbedRegions
     from transforms.listing import ExpandInputs, KeepFirstPerId
-    from transforms.progress import ReportProgress
+    from transforms.progress import EMBEDDED, CountProgress
     from transforms.reading import ReadImageBytes
     from transforms.regions import ExtractRegions
 
     models = prepare_models(job)
     for dofn in (ExpandInputs(), KeepFirstPerId(), ReadImageBytes(), DecodeImages(), ExtractRegions(models.detector),
-                 EmbedRegions(models.encoder, "m", "d"), ReportProgress()):
+                 EmbedRegions(models.encoder, "m", "d"), CountProgress("run", EMBEDDED)):
         clone = pickler.loads(pickler.dumps(dofn))
         assert type(clone) is type(dofn)
 

@@ -1,13 +1,22 @@
-"""Progress of a local run: a bar on a terminal, a log line every few seconds otherwise."""
+"""Progress of a local run: a bar on a terminal, a log line every few seconds otherwise.
+
+Each terminal PCollection (listed inputs, embedded rows, every failure table) gets a small counting DoFn that the
+runner fuses into the stage producing it, so the display moves while images are being processed. The counts live
+in one tally per run and process: the local runner runs every stage in this process; on a distributed runner each
+worker logs its own share.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+
+LISTED, LIST_FAILED, EMBEDDED, STAGE_FAILED = "listed", "list_failed", "embedded", "stage_failed"
 
 
 def progress_line(ok: int, failed: int, seconds: float, total: int | None, width: int = 30) -> str:
@@ -24,36 +33,56 @@ def progress_line(ok: int, failed: int, seconds: float, total: int | None, width
             f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
-class ReportProgress(beam.DoFn):
-    """Consumes ("ok" | "failed") markers; each worker process reports what it has finished. ``total`` (a side
-    input: everything listed) turns the status into a bar."""
+class Tally:
+    """One run's counts in this process; prints at most every ``every`` seconds, and when the last input lands."""
 
-    def __init__(self, every_seconds: float = 5.0) -> None:
-        self.every = every_seconds
-
-    def setup(self) -> None:
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.lock = threading.Lock()
+        self.total = self.ok = self.failed = 0
         self.start = self.last = time.monotonic()
-        self.counts = {"ok": 0, "failed": 0}
-        self.total: int | None = None
         self.tty = sys.stderr.isatty()
 
-    def process(self, marker: str, total: int | None = None) -> Iterator[Any]:
-        self.counts[marker] += 1
-        self.total = total
-        now = time.monotonic()
-        if now - self.last >= self.every or (total and sum(self.counts.values()) == total):
-            self.last = now
-            self._report(now)
-        return iter(())
+    def add(self, kind: str) -> None:
+        with self.lock:
+            if kind in (LISTED, LIST_FAILED):
+                self.total += 1
+            if kind in (STAGE_FAILED, LIST_FAILED):
+                self.failed += 1
+            elif kind == EMBEDDED:
+                self.ok += 1
+            now = time.monotonic()
+            finished = self.total > 0 and self.ok + self.failed == self.total
+            if kind != LISTED and (now - self.last >= self.every or finished):
+                self.last = now
+                self._print(progress_line(self.ok, self.failed, now - self.start, self.total or None), finished)
 
-    def teardown(self) -> None:
-        if self.tty and sum(self.counts.values()):
-            sys.stderr.write("\n")
-
-    def _report(self, now: float) -> None:
-        line = progress_line(self.counts["ok"], self.counts["failed"], now - self.start, self.total)
+    def _print(self, line: str, finished: bool) -> None:
         if self.tty:
-            sys.stderr.write(f"\r[ldot] {line}   ")
+            sys.stderr.write(f"\r[ldot] {line}   " + ("\n" if finished else ""))
             sys.stderr.flush()
         else:
             print(f"{time.strftime('%H:%M:%S')} [ldot] {line}", file=sys.stderr, flush=True)
+
+
+_TALLIES: dict[str, Tally] = {}
+_TALLIES_LOCK = threading.Lock()
+
+
+def tally(run_id: str, every: float = 5.0) -> Tally:
+    with _TALLIES_LOCK:
+        return _TALLIES.setdefault(run_id, Tally(every))
+
+
+class CountProgress(beam.DoFn):
+    """Counts each element of one terminal PCollection as ``kind`` in the run's tally; outputs nothing."""
+
+    def __init__(self, run_id: str, kind: str, every_seconds: float = 5.0) -> None:
+        self.run_id, self.kind, self.every = run_id, kind, every_seconds
+
+    def setup(self) -> None:
+        self.tally = tally(self.run_id, self.every)
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self.tally.add(self.kind)
+        return iter(())
