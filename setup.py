@@ -6,7 +6,13 @@ the pipeline needs must be listed here or in MANIFEST.in.
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["pipeline", "transforms", "encoders", "jobs", "index", "evaluation", "features"]
+PACKAGES = ["core", "pipeline", "transforms", "encoders", "jobs", "index", "evaluation"]
+# Configs and demo data are package data, so an installed wheel (or a worker) has the defaults too.
+PACKAGE_DATA = {
+    "encoders": ["configs/*.json"],
+    "encoders.regions": ["configs/*.yaml"],
+    "jobs": ["demo_data/*.txt", "demo_data/images/*.jpg", "demo_data/images/*.md"],
+}
 
 setup(
     name="lightningdot-index",
@@ -14,7 +20,7 @@ setup(
     description="Offline indexing pipeline for LightningDOT image-text retrieval",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=[p for name in PACKAGES for p in (name, f"{name}.*")]),
-    include_package_data=True,
+    package_data=PACKAGE_DATA,
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -2,7 +2,7 @@
 
     python -m bench.nightly [--images 200] [--new-fraction 0.01] [--size 160] [--workers N] [--keep-dir DIR]
 
-The corpus: crops of the repo's demo photos (jobs/demo_images), random position and size, seeded, saved as small
+The corpus: crops of the repo's demo photos (jobs/demo_data/images), random position and size, seeded, saved as small
 JPEGs. Models: the tiny encoder and detector configs with random weights, on the CPU, local runner (FnApiRunner).
 
     1. setup: a nightly run over the corpus without its newest images (publishes the "yesterday" index)
@@ -28,7 +28,7 @@ from PIL import Image
 from pipeline.nightly import EXIT_OK, NightlyConfig, run_nightly
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "jobs" / "demo_images"
+DEMO = REPO / "jobs" / "demo_data" / "images"
 
 
 def make_corpus(folder: Path, n: int, size: int, seed: int) -> list[Path]:
@@ -52,8 +52,8 @@ def make_corpus(folder: Path, n: int, size: int, seed: int) -> list[Path]:
 
 def nightly(root: Path, corpus: Path, workers: int | None) -> tuple[float, dict]:
     cfg = NightlyConfig(inputs=[str(corpus)], work_dir=str(root / "work"), index_root=str(root / "index"),
-                        encoder_config=str(REPO / "configs" / "encoder" / "tiny.json"),
-                        detector_config=str(REPO / "configs" / "detector" / "tiny.yaml"), random_weights=True,
+                        encoder_config="tiny",
+                        detector_config="tiny", random_weights=True,
                         device="cpu", workers=workers)
     t0 = time.perf_counter()
     code, report = run_nightly(cfg)

@@ -5,7 +5,7 @@
 Both do read -> decode -> extract (batches of --detector-batch-size) -> encode (batches of
 --encoder-batch-size). The bare loop also reports where its time goes, stage by stage. Defaults use the tiny
 configs with random weights so it runs in a few minutes on a 2-core machine; pass the published configs
-(configs/detector/butd_r101_c4.yaml, configs/encoder/base.json) on a real worker.
+(`--detector-config butd_r101_c4 --encoder-config base`) on a real worker.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.index_job import IndexJob, prepare_models, run_index_job
+from pipeline.embed_job import EmbedJob, prepare_models, run_embed_job
 from transforms.decoding import decode_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 def make_corpus(directory: Path, n: int, seed: int = 0) -> list[Path]:
     """n JPEGs cut from the bundled photos: random crops and sizes (240-480 px on the long side)."""
     rng = np.random.default_rng(seed)
-    sources = [Image.open(p).convert("RGB") for p in sorted((REPO / "jobs" / "demo_images").glob("*.jpg"))]
+    sources = [Image.open(p).convert("RGB") for p in sorted((REPO / "jobs" / "demo_data" / "images").glob("*.jpg"))]
     paths = []
     for i in range(n):
         src = sources[i % len(sources)]
@@ -70,8 +70,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="local runner worker processes for the pipeline")
-    ap.add_argument("--detector-config", default=str(REPO / "configs/detector/tiny.yaml"))
-    ap.add_argument("--encoder-config", default=str(REPO / "configs/encoder/tiny.json"))
+    ap.add_argument("--detector-config", default="tiny")
+    ap.add_argument("--encoder-config", default="tiny")
     ap.add_argument("--detector-batch-size", type=int, default=4)
     ap.add_argument("--encoder-batch-size", type=int, default=64)
     args = ap.parse_args()
@@ -80,7 +80,7 @@ def main() -> None:
         corpus = Path(tmp) / "corpus"
         corpus.mkdir()
         paths = make_corpus(corpus, args.images)
-        job = IndexJob(inputs=[str(corpus)], output=str(Path(tmp) / "out"), random_weights=True,
+        job = EmbedJob(inputs=[str(corpus)], output=str(Path(tmp) / "out"), random_weights=True,
                        encoder_config=args.encoder_config, detector_config=args.detector_config, device="cpu",
                        detector_batch_size=args.detector_batch_size, encoder_batch_size=args.encoder_batch_size,
                        overwrite=True)
@@ -89,7 +89,7 @@ def main() -> None:
         pipe_runs, bare_runs, stages = [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             t0 = time.perf_counter()
-            report = run_index_job(job, workers=args.workers)
+            report = run_embed_job(job, workers=args.workers)
             pipe_runs.append(time.perf_counter() - t0)
             assert report["counts"]["embedded"] == args.images, report["counts"]
             stage = bare_loop(paths, extractor, encoder, args.detector_batch_size, args.encoder_batch_size)

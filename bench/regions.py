@@ -37,7 +37,7 @@ def load_photos(n: int) -> list[np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(REPO / "configs" / "detector" / "butd_r101_c4.yaml"))
+    ap.add_argument("--config", default="butd_r101_c4")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=0, help="default: all images in one batch")

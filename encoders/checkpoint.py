@@ -18,6 +18,8 @@ from typing import Any
 import fsspec
 import torch
 
+from core.errors import UsageError
+
 PRETRAIN_HEADS = ("cls.", "feat_regress.", "region_classifier.", "itm_output.")
 # Present in some checkpoints and meaningless for inference: dropped when present, fine when absent.
 _IGNORABLE = re.compile(
@@ -27,7 +29,7 @@ _IGNORABLE = re.compile(
 _OPTIONAL = re.compile(r"^img_model\.bert\.img_embeddings\.mask_embedding\.weight$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that is not a LightningDOT model of the configured size."""
 
 

@@ -14,7 +14,10 @@ from typing import Any
 
 import fsspec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "encoder"
+from core.errors import UsageError
+
+# Shipped as package data, so an installed wheel finds them too; ``load("tiny")`` names one by its stem.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.json"
 TINY_CONFIG = CONFIG_DIR / "tiny.json"
 
@@ -32,7 +35,14 @@ _IGNORED = {
 }
 
 
-class ConfigError(ValueError):
+def config_path(config: str | Path) -> str:
+    """A path or URL as given, or the shipped config of that name (``base``, ``tiny``)."""
+    text = str(config)
+    named = CONFIG_DIR / f"{text}.json"
+    return str(named) if "/" not in text and not text.endswith(".json") and named.is_file() else text
+
+
+class ConfigError(UsageError):
     """A config file or value that does not describe a LightningDOT model."""
 
 
@@ -102,7 +112,7 @@ class EncoderConfig:
             return config
         if isinstance(config, dict):
             return cls.from_dict(config)
-        return cls.from_json(config)
+        return cls.from_json(config_path(config))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

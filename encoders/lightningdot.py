@@ -20,6 +20,7 @@ import fsspec
 import numpy as np
 import torch
 
+from core.device import resolve_device
 from encoders.batching import length_buckets
 from encoders.checkpoint import CheckpointError, extract_state_dict, match_state_dict, read_checkpoint
 from encoders.config import EncoderConfig
@@ -67,6 +68,23 @@ class LightningDOT:
         state = match_state_dict(extract_state_dict(raw, str(path)), model.state_dict(), str(path))
         model.load_state_dict(state, strict=False)  # strictness is enforced (with names) by match_state_dict
         return cls(model, cfg, device=device, dtype=dtype, source=str(path), vocab=vocab)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None, config: str | Path | dict | EncoderConfig | None = None, *,
+             random_weights: bool = False, seed: int = 0, device: str | None = "cpu", dtype: str = "float32",
+             vocab: str | None = None) -> LightningDOT:
+        """The one way a command gets a model: a checkpoint, or random weights only when asked for explicitly.
+
+        ``device="auto"`` uses this process's GPU when it has one (a worker's, on Dataflow)."""
+        if random_weights and checkpoint:
+            raise CheckpointError("--random-weights and --checkpoint exclude each other")
+        if not random_weights and not checkpoint:
+            raise CheckpointError("no LightningDOT weights: give --checkpoint PATH (e.g. coco-ft.pt), or "
+                                  "--random-weights for a smoke run")
+        device = resolve_device(device)
+        if random_weights:
+            return cls.random(config, seed=seed, device=device, dtype=dtype, vocab=vocab)
+        return cls.from_checkpoint(checkpoint, config, device=device, dtype=dtype, vocab=vocab)
 
     @classmethod
     def random(cls, config: str | Path | dict | EncoderConfig | None = None, seed: int = 0, device: str = "cpu",

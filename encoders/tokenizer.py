@@ -13,10 +13,12 @@ import fsspec
 import numpy as np
 from tokenizers import BertWordPieceTokenizer
 
+from core.errors import UsageError
+
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
 
-class VocabError(ValueError):
+class VocabError(UsageError):
     """No vocab, or a file that is not a BERT WordPiece vocab."""
 
 

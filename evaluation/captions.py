@@ -25,12 +25,14 @@ from typing import Any
 
 import fsspec
 
+from core.errors import UsageError
+
 IMAGE_KEYS = ("image_id", "image", "filename", "file_name", "image_name", "img", "imgid", "id")
 CAPTION_KEYS = ("caption", "text", "sentence", "raw", "comment", "description")
 MAPPINGS = ("auto", "id", "filename", "basename", "stem")
 
 
-class CaptionError(ValueError):
+class CaptionError(UsageError):
     """A captions file that cannot be read, or a mapping that cannot tie it to the embeddings."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UsageError
 from evaluation.captions import CaptionSet, Mapping
 from evaluation.embeddings import Embeddings
 from evaluation.recall import DEFAULT_MAX_BYTES, Ranks, hits_from_topk, image_to_text_ranks, text_to_image_ranks
@@ -32,7 +33,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """Inputs that cannot be evaluated (no overlap, missing images under --missing error, ...)."""
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob as _glob
 from dataclasses import dataclass, field
 
 import fsspec
@@ -10,9 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-class EmbeddingsError(ValueError):
-    """An embeddings table that is missing, malformed, or mixes models."""
+from core.paths import parquet_files
+from index.errors import EmbeddingsError
 
 
 @dataclass
@@ -37,24 +35,7 @@ class Embeddings:
 
 def expand_paths(spec: str | list[str]) -> list[str]:
     """A file, a directory (every ``*.parquet`` below it), or a glob -> sorted list of files (with protocol)."""
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for s in specs:
-        fs, _, paths = fsspec.get_fs_token_paths(s)
-        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        found: list[str] = []
-        for p in paths:
-            if fs.isdir(p):
-                found += [f for f in fs.find(p) if f.endswith(".parquet")]
-            elif fs.exists(p):
-                found.append(p)
-        if not found and _glob.has_magic(s):
-            found = fs.glob(s)
-        if not found:
-            raise EmbeddingsError(f"{s}: no Parquet files there")
-        out += [prefix + f if prefix and "://" not in f else f for f in sorted(found)]
-    return out
+    return parquet_files(spec, missing=EmbeddingsError)
 
 
 def _vectors(column: pa.ChunkedArray, path: str) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from core.errors import LdotError, RecallGuardError, UsageError
 
-class IndexError_(Exception):
+
+class IndexError_(LdotError):
     """Base class (named with a trailing underscore so it does not shadow the builtin ``IndexError``)."""
 
 
-class EmbeddingsError(IndexError_):
+class EmbeddingsError(IndexError_, UsageError):
     """The embedding tables are missing, malformed, or inconsistent (dims, columns, null vectors)."""
 
 
@@ -19,11 +21,11 @@ class IdCollisionError(IndexError_):
     """Two different ``image_id`` values hash to the same 63-bit FAISS id."""
 
 
-class DuplicateImageIdError(IndexError_):
+class DuplicateImageIdError(IndexError_, UsageError):
     """The same ``image_id`` appears in more than one row."""
 
 
-class FactoryError(IndexError_):
+class FactoryError(IndexError_, UsageError):
     """No factory fits the request (memory budget too small, unsupported factory string, ...)."""
 
 
@@ -35,7 +37,7 @@ class NoLiveVersionError(IndexIntegrityError):
     """``ROOT/CURRENT`` does not exist (nothing published yet) or names a version that is not there."""
 
 
-class RecallBelowFloorError(IndexError_):
+class RecallBelowFloorError(IndexError_, RecallGuardError):
     """The recall self-check of a freshly built version is below the requested floor; it was not published."""
 
     def __init__(self, message: str, version: str = "", manifest: dict | None = None) -> None:

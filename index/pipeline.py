@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from index import storage
 from index.build import _load_index, encode_unit, exact_topk_unit, merge_shard, merge_topk
 from index.source import WorkUnit
+from pipeline.beam_args import pipeline_options
 
 
 class EncodeUnit(beam.DoFn):
@@ -91,10 +91,7 @@ class WriteGroundTruth(beam.DoFn):
 
 def run_shard_pipeline(units: list[WorkUnit], trained_url: str, staging: str, vdir: str, n_shards: int, dim: int,
                        queries: np.ndarray, k: int, beam_args: Sequence[str] | None) -> None:
-    args = list(beam_args or [])
-    if not any(a.startswith("--runner") for a in args):
-        args.append("--runner=FnApiRunner")
-    with beam.Pipeline(options=PipelineOptions(args)) as p:
+    with beam.Pipeline(options=pipeline_options(list(beam_args or []))) as p:
         work = p | "Units" >> beam.Create(units) | "Spread" >> beam.Reshuffle()
         parts = work | "EncodeUnits" >> beam.ParDo(EncodeUnit(trained_url, staging, n_shards, dim))
         every = p | "AllShards" >> beam.Create([(s, (-1, 0)) for s in range(n_shards)])

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.paths import parquet_files
 from index import storage
 from index.errors import EmbeddingsError, ModelMismatchError
 
@@ -47,27 +48,7 @@ class WorkUnit:
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
     """Files, directories (``*.parquet`` inside, recursively) and globs -> sorted, de-duplicated URLs."""
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    urls: list[str] = []
-    for item in inputs:
-        item = str(item)
-        fs, path = storage.fs_path(item)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        prefix = "" if storage.is_local(fs) else f"{protocol}://"
-        if any(ch in path for ch in "*?["):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
-        elif fs.isdir(path):
-            found = [p for p in fs.find(path) if p.endswith(".parquet")
-                     and not any(part.startswith((".", "_")) for part in p[len(path):].split("/") if part)]
-        elif fs.exists(path):
-            found = [path]
-        else:
-            raise EmbeddingsError(f"embeddings input not found: {item}")
-        if not found:
-            raise EmbeddingsError(f"no Parquet files in {item}")
-        urls.extend(prefix + p if prefix and not p.startswith(prefix) else p for p in sorted(found))
-    return sorted(dict.fromkeys(urls))
+    return parquet_files(inputs, missing=EmbeddingsError)
 
 
 def _open(url: str) -> pq.ParquetFile:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -42,8 +41,8 @@ def build_index_cmd(ctx: click.Context, output: str, shards: int | None, factory
     """Build sharded FAISS indexes from EMBEDDINGS (Parquet files, directories or globs) and publish them under
     OUTPUT/versions/<version>/, switching OUTPUT/CURRENT last. Unknown options are passed to Beam
     (default --runner=FnApiRunner)."""
+    from core.errors import LdotError
     from index.build import build_index
-    from index.errors import IndexError_, RecallBelowFloorError
     from pipeline.beam_args import split_beam_args
 
     embeddings, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
@@ -55,11 +54,10 @@ def build_index_cmd(ctx: click.Context, output: str, shards: int | None, factory
                              nprobe=nprobe, keep_versions=keep_versions, seed=seed, n_queries=n_queries,
                              train_per_list=train_per_list, target_recall=target_recall, min_recall=min_recall,
                              publish=not no_publish, beam_args=beam_args, rows_per_unit=rows_per_unit, echo=echo)
-    except RecallBelowFloorError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(3)
-    except (IndexError_, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+    except ValueError as e:  # e.g. a malformed --max-memory; project errors carry their own exit code
+        if isinstance(e, LdotError):
+            raise
+        raise click.UsageError(str(e)) from e
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
     elif not result.published:

@@ -12,9 +12,11 @@ import warnings
 
 import click
 
+from core.errors import LdotError
+
 # command name -> ("module:attribute" of a click.Command, one-line help shown by `ldot --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "index": ("jobs.index_images:index_cmd", "Embed images (or region features) into Parquet with Beam."),
+    "index": ("jobs.embed:index_cmd", "Embed images (or region features) into Parquet with Beam."),
     "regions": ("jobs.regions:regions_cmd", "Extract bottom-up-attention region features to Parquet."),
     "build-index": ("jobs.build_index:build_index_cmd", "Build and publish sharded FAISS indexes."),
     "search": ("jobs.search:search_cmd", "Search the live index with a text query."),
@@ -35,6 +37,14 @@ class LazyGroup(click.Group):
             return None
         module_name, attr = COMMANDS[cmd_name][0].split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Every command ends the same way on a project error: its message on stderr, its exit code."""
+        try:
+            return super().invoke(ctx)
+        except LdotError as e:
+            click.echo(f"ldot {ctx.invoked_subcommand or ''}: error: {e}".replace(" :", ":"), err=True)
+            ctx.exit(e.exit_code)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -15,11 +15,11 @@ import click
 
 from jobs.cli import main as ldot
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "jobs" / "demo_images"
-TINY = ["--encoder-config", str(REPO / "configs/encoder/tiny.json")]
-DETECTOR = ["--detector-config", str(REPO / "configs/detector/tiny.yaml")]
-VOCAB = ["--vocab", str(REPO / "configs/demo/vocab.txt")]
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"  # package data: photos and a small cased vocab
+IMAGES = DEMO_DATA / "images"
+TINY = ["--encoder-config", "tiny"]
+DETECTOR = ["--detector-config", "tiny"]
+VOCAB = ["--vocab", str(DEMO_DATA / "vocab.txt")]
 
 
 def _run(args: list[str]) -> None:

@@ -22,27 +22,6 @@ from evaluation.report import format_table, plot, write_json
 log = logging.getLogger(__name__)
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(checkpoint: str | None, encoder_config: str | None, vocab: str | None, random_weights: bool,
-               seed: int, device: str, dtype: str) -> Any:
-    from encoders.lightningdot import LightningDOT
-
-    if random_weights:
-        if checkpoint:
-            raise click.UsageError("--random-weights and --checkpoint exclude each other")
-        return LightningDOT.random(encoder_config, seed=seed, device=device, dtype=dtype, vocab=vocab)
-    if not checkpoint:
-        raise click.UsageError("captions must be encoded: pass --checkpoint (or --random-weights for a smoke run)")
-    return LightningDOT.from_checkpoint(checkpoint, config=encoder_config, device=device, dtype=dtype, vocab=vocab)
-
-
 def encode_unique(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
     """Encode each distinct caption once (length-bucketed batches inside the model), in input order."""
     uniq: dict[str, int] = {}
@@ -149,8 +128,11 @@ def eval_cmd(captions_path: str, embeddings_path: tuple[str, ...], index_root: s
                f"(dim {emb.dim}); {captions.num_images - len(mapped.missing)} images matched ({mapped.method})",
                err=True)
 
-    dev = _device(device)
-    model = load_model(checkpoint, encoder_config, vocab, random_weights, seed, dev, dtype)
+    from encoders.lightningdot import LightningDOT
+
+    model = LightningDOT.load(checkpoint, encoder_config, random_weights=random_weights, seed=seed, device=device,
+                              dtype=dtype, vocab=vocab)
+    dev = str(model.device)
     if model.config.project_dim != emb.dim:
         raise click.ClickException(f"the text tower gives {model.config.project_dim}-d vectors, the embeddings are "
                                    f"{emb.dim}-d")

@@ -5,8 +5,8 @@
 
 INPUT: image files, directories (recursive, image extensions only) and globs. ``image_id`` is the path relative
 to its input root (the directory, the glob's fixed prefix, or the file's own directory). Writes
-``DIR/regions-00000.parquet``... (schema: ``features.regions_table.REGIONS_SCHEMA``) and, for inputs that
-could not be read, decoded or extracted, ``DIR/failures.jsonl`` (``image_id, uri, stage, error, message``);
+``DIR/regions-00000.parquet``... (schema: ``encoders.regions.formats.regions_table.REGIONS_SCHEMA``) and, for
+inputs that could not be read, decoded or extracted, ``DIR/failures.jsonl`` (``image_id, uri, stage, error, message``);
 each failure is also printed to stderr. Exit status 0 when the run completed (even with failures).
 """
 
@@ -23,9 +23,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from encoders.regions.config_files import DEFAULT_CONFIG as DEFAULT_DETECTOR_CONFIG
+
 log = logging.getLogger(__name__)
 
-DEFAULT_DETECTOR_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "detector" / "butd_r101_c4.yaml"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit
 
@@ -109,7 +110,7 @@ def run_regions(
     rows_per_file: int = 1000,
 ) -> dict:
     from encoders.regions import RegionExtractor
-    from features.regions_table import RegionsWriter
+    from encoders.regions.formats.regions_table import RegionsWriter
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def run_regions(
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--detector-config", default=str(DEFAULT_DETECTOR_CONFIG), show_default=True,
-              help="detectron2 YAML of the bottom-up-attention model (configs/detector/*.yaml).")
+              help="detectron2 YAML of the bottom-up-attention model (a file, or a shipped name: butd_r101_c4, tiny).")
 @click.option("--detector-weights", default=None,
               help="Detector weights: a .pkl converted from Caffe or a .pth state dict (local path or fsspec URL).")
 @click.option("--random-weights", is_flag=True, help="Use damped random weights (smoke runs and demos only).")

@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
-
-
-def _load_encoder(checkpoint: str | None, vocab: str | None, encoder_config: str | None, random_weights: bool,
-                  device: str):
-    from encoders.lightningdot import LightningDOT
-
-    if random_weights:
-        return LightningDOT.random(encoder_config, seed=0, device=device, vocab=vocab)
-    if not checkpoint:
-        raise click.UsageError("give --checkpoint (with --vocab) or --random-weights")
-    return LightningDOT.from_checkpoint(checkpoint, config=encoder_config, device=device, vocab=vocab)
 
 
 @click.command("search")
@@ -36,14 +24,12 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
                encoder_config: str | None, random_weights: bool, device: str, nprobe: int | None, force: bool,
                as_json: bool, html_path: str | None) -> None:
     """Search the live version of index ROOT with one or more TEXTS."""
-    from index.errors import IndexError_
     from index.search import SearchIndex
 
-    try:
-        idx = SearchIndex.open(root, nprobe=nprobe)
-    except IndexError_ as e:
-        raise click.ClickException(str(e)) from e
-    model = _load_encoder(checkpoint, vocab, encoder_config, random_weights, device)
+    idx = SearchIndex.open(root, nprobe=nprobe)
+    from encoders.lightningdot import LightningDOT
+
+    model = LightningDOT.load(checkpoint, encoder_config, random_weights=random_weights, device=device, vocab=vocab)
     index_model = idx.manifest.get("model")
     if index_model and model.fingerprint != index_model:
         msg = (f"the query model ({model.fingerprint}) is not the model that embedded the index ({index_model}): "
@@ -80,16 +66,11 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
 def index_info_cmd(root: str, version: str | None, verify: bool) -> None:
     """Print the live manifest of index ROOT (JSON)."""
     from index import layout
-    from index.errors import IndexError_
 
-    try:
-        manifest = layout.read_manifest(root, version) if version else layout.live_manifest(root)
-        if verify:
-            from index.search import SearchIndex
+    manifest = layout.read_manifest(root, version) if version else layout.live_manifest(root)
+    if verify:
+        from index.search import SearchIndex
 
-            SearchIndex.from_manifest(root, manifest)
-            click.echo(f"verified {len(manifest['shards'])} shard(s), {manifest['count']} vectors", err=True)
-    except IndexError_ as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        SearchIndex.from_manifest(root, manifest)
+        click.echo(f"verified {len(manifest['shards'])} shard(s), {manifest['count']} vectors", err=True)
     click.echo(json.dumps(manifest, indent=2))

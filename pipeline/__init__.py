@@ -1,1 +1,1 @@
-"""Pipelines assembled from ``transforms``: ``pipeline.index_job`` (images -> embeddings Parquet)."""
+"""Pipelines assembled from ``transforms``: ``pipeline.embed_job`` (images -> embeddings Parquet)."""

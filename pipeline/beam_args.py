@@ -1,4 +1,5 @@
-"""Split a command line's leftover tokens into our positional arguments and Beam's pipeline flags.
+"""Beam flags: split a command line's leftover tokens into our positionals and Beam's flags, and build the
+pipeline options (the one place that sets the default runner).
 
 click hands unknown options to us with their values detached (``--runner DataflowRunner`` arrives as two
 tokens), so a value would be taken for an INPUT. Beam's own argument parsers say which flags take a value.
@@ -49,3 +50,16 @@ def split_beam_args(tokens: list[str]) -> tuple[list[str], list[str]]:
             positionals.append(token)
         i += 1
     return positionals, beam_args
+
+
+DEFAULT_RUNNER = "FnApiRunner"  # in-process, offline; DirectRunner would first try to download Prism
+
+
+def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
+    """Unknown CLI flags go to Beam untouched; without --runner, the embedded local runner."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    if workers and workers > 1:
+        args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    return PipelineOptions(args)

@@ -45,20 +45,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core import errors
 from index import layout, storage
 
 log = logging.getLogger(__name__)
 
-# ---- exit codes ------------------------------------------------------------------------------------------------------
-EXIT_OK = 0              # published a new version, or nothing changed (the live version is up to date)
-EXIT_ERROR = 1           # the run broke (I/O error, bad input tables, a bug): nothing was published
-EXIT_CONFIG = 2          # bad or missing settings (also click's usage errors)
-EXIT_RECALL_GUARD = 3    # built, but recall@10 self-check below min_recall: not published (as ldot build-index)
-EXIT_FAILURE_GUARD = 4   # failure rate above max_failure_rate: not built, not published
-EXIT_LOCKED = 75         # another run holds the lock (EX_TEMPFAIL): this one did nothing
-
-EXIT_CODES = {EXIT_OK: "ok", EXIT_ERROR: "error", EXIT_CONFIG: "config error", EXIT_RECALL_GUARD: "recall guard",
-              EXIT_FAILURE_GUARD: "failure-rate guard", EXIT_LOCKED: "lock held"}
+# exit codes: decided once, in core.errors
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE
+EXIT_RECALL_GUARD, EXIT_FAILURE_GUARD = errors.EXIT_RECALL_GUARD, errors.EXIT_FAILURE_GUARD
+EXIT_LOCKED = errors.EXIT_LOCKED
+EXIT_CODES = errors.EXIT_NAMES
 
 CRASH_ENV = "LDOT_NIGHTLY_CRASH_AT"
 # where LDOT_NIGHTLY_CRASH_AT can kill the run, in run order
@@ -76,15 +72,15 @@ STALE_INCOMPLETE_S = 24 * 3600.0  # incomplete versions not started by nightly: 
 COMPARE_COLUMNS = ["image_id", "uri", "content_sha256", "model", "detector"]
 
 
-class NightlyError(Exception):
+class NightlyError(errors.LdotError):
     exit_code = EXIT_ERROR
 
 
-class ConfigError(NightlyError):
+class ConfigError(NightlyError, errors.UsageError):
     exit_code = EXIT_CONFIG
 
 
-class LockHeld(NightlyError):
+class LockHeld(NightlyError, errors.LockHeldError):
     exit_code = EXIT_LOCKED
 
 
@@ -550,10 +546,10 @@ class Run:
         self.report["recovery"] = {"snapshots_removed": removed_snapshots, "versions_removed": removed_versions}
 
     def embed(self, base: str | None) -> dict[str, Any]:
-        from pipeline.index_job import IndexJob, JobError, run_index_job
+        from pipeline.embed_job import EmbedJob, JobError, run_embed_job
 
         cfg = self.cfg
-        job = IndexJob(inputs=list(cfg.inputs), output=self.work.snapshot(self.id), checkpoint=cfg.checkpoint,
+        job = EmbedJob(inputs=list(cfg.inputs), output=self.work.snapshot(self.id), checkpoint=cfg.checkpoint,
                        encoder_config=cfg.encoder_config, detector_config=cfg.detector_config,
                        detector_weights=cfg.detector_weights, regions=cfg.regions, random_weights=cfg.random_weights,
                        device=cfg.device, previous=self.work.embeddings(base) if base else None,
@@ -562,7 +558,7 @@ class Run:
                  + (f", carrying unchanged images from {base}" if base else " (no earlier snapshot: full run)"))
         crash_point("listing")
         try:
-            return run_index_job(job, workers=cfg.workers)
+            return run_embed_job(job, workers=cfg.workers)
         except JobError as e:
             raise ConfigError(str(e)) from e
 

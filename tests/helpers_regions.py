@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "detector" / "tiny.yaml"
-BUTD_CONFIG = REPO / "configs" / "detector" / "butd_r101_c4.yaml"
+TINY_CONFIG = REPO / "encoders" / "regions" / "configs" / "tiny.yaml"
+BUTD_CONFIG = REPO / "encoders" / "regions" / "configs" / "butd_r101_c4.yaml"
 
 
 @functools.cache

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_IMAGES = REPO / "jobs" / "demo_images"
-TINY_ENCODER = str(REPO / "configs" / "encoder" / "tiny.json")
-TINY_DETECTOR = str(REPO / "configs" / "detector" / "tiny.yaml")
+DEMO_IMAGES = REPO / "jobs" / "demo_data" / "images"
+TINY_ENCODER = str(REPO / "encoders" / "configs" / "tiny.json")
+TINY_DETECTOR = str(REPO / "encoders" / "regions" / "configs" / "tiny.yaml")
 
 
 def read_table(directory: Path | str) -> list[dict]:

@@ -13,11 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from encoders.regions import Regions, normalize_boxes
-from features import REGIONS_SCHEMA, RegionsWriter, detect_format, read_regions, regions_to_row, row_to_regions
-from features._msgpack import packb, unpackb
-from features.butd_tsv import write_butd_tsv
-from features.regions_table import rows_to_table
-from features.uniter_lmdb import compute_num_bb
+from encoders.regions.formats import (
+    REGIONS_SCHEMA,
+    RegionsWriter,
+    detect_format,
+    read_regions,
+    regions_to_row,
+    row_to_regions,
+)
+from encoders.regions.formats._msgpack import packb, unpackb
+from encoders.regions.formats.butd_tsv import write_butd_tsv
+from encoders.regions.formats.regions_table import rows_to_table
+from encoders.regions.formats.uniter_lmdb import compute_num_bb
 
 
 def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: bool = True) -> Regions:

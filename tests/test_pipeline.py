@@ -14,7 +14,7 @@ from apache_beam.internal import pickler
 from click.testing import CliRunner
 
 from jobs.cli import main as cli
-from pipeline.index_job import IndexJob, JobError, prepare_models, run_index_job
+from pipeline.embed_job import EmbedJob, JobError, prepare_models, run_embed_job
 from tests.pipeline_helpers import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
 from transforms.progress import progress_line
 
@@ -29,7 +29,7 @@ def odd_run(tmp_path_factory):
     other.mkdir()
     (other / "coffee.jpg").write_bytes((root / "photos" / "coffee.jpg").read_bytes())  # same id, 2nd input
     out = root / "out"
-    report = run_index_job(IndexJob(inputs=[str(root / "photos"), str(other)], output=str(out), keep_regions=True,
+    report = run_embed_job(EmbedJob(inputs=[str(root / "photos"), str(other)], output=str(out), keep_regions=True,
                                     **TINY))
     return {"expected": expected, "out": out, "report": report, "root": root}
 
@@ -74,8 +74,8 @@ def test_run_report_and_schema(odd_run):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    job = IndexJob(inputs=[str(DEMO_IMAGES)], output=str(out), keep_regions=True, **TINY)
-    return job, run_index_job(job), out
+    job = EmbedJob(inputs=[str(DEMO_IMAGES)], output=str(out), keep_regions=True, **TINY)
+    return job, run_embed_job(job), out
 
 
 def test_pipeline_equals_bare_in_process_run(demo_run):
@@ -96,7 +96,7 @@ def test_pipeline_equals_bare_in_process_run(demo_run):
 
 def test_precomputed_regions_skip_detection(demo_run, tmp_path):
     _, _, out = demo_run
-    second = run_index_job(IndexJob(inputs=[], regions=str(out / "regions"), output=str(tmp_path / "again"),
+    second = run_embed_job(EmbedJob(inputs=[], regions=str(out / "regions"), output=str(tmp_path / "again"),
                                     random_weights=True, encoder_config=TINY_ENCODER, device="cpu"))
     assert second["detector"] == "precomputed" and second["counts"]["embedded"] == 7
     a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
@@ -112,7 +112,7 @@ def test_manifest_inputs_with_missing_files(tmp_path, capfd):
              {"uri": str(tmp_path / "gone.jpg"), "image_id": "gone"},
              {"uri": str(DEMO_IMAGES / "rocket.jpg")}]
     manifest.write_text("\n".join(json.dumps(x) for x in lines))
-    report = run_index_job(IndexJob(inputs=[str(manifest)], output=str(tmp_path / "out"), **TINY))
+    report = run_embed_job(EmbedJob(inputs=[str(manifest)], output=str(tmp_path / "out"), **TINY))
     rows = read_table(tmp_path / "out" / "embeddings")
     assert sorted(r["image_id"] for r in rows) == sorted(["cup", str(DEMO_IMAGES / "rocket.jpg")])
     assert report["counts"]["failed_by_error"] == {"not_found": 1}
@@ -133,12 +133,12 @@ def test_failure_rate_guard_and_missing_weights(tmp_path):
     (DEMO_IMAGES / "coffee.jpg").read_bytes()
     (bad / "b.jpg").write_bytes((DEMO_IMAGES / "coffee.jpg").read_bytes())
     with pytest.raises(JobError, match="exceeds --max-failure-rate"):
-        run_index_job(IndexJob(inputs=[str(bad)], output=str(tmp_path / "o"), max_failure_rate=0.2, **TINY))
+        run_embed_job(EmbedJob(inputs=[str(bad)], output=str(tmp_path / "o"), max_failure_rate=0.2, **TINY))
     assert (tmp_path / "o" / "run.json").exists()  # the report is written even when the guard trips
     result = CliRunner().invoke(cli, ["index", str(bad), "--output", str(tmp_path / "p")])
     assert result.exit_code == 2 and "--checkpoint" in result.output
     with pytest.raises(JobError, match="--overwrite"):
-        run_index_job(IndexJob(inputs=[str(bad)], output=str(tmp_path / "o"), **TINY))
+        run_embed_job(EmbedJob(inputs=[str(bad)], output=str(tmp_path / "o"), **TINY))
 
 
 def test_cli_passes_unknown_flags_to_beam(tmp_path):
@@ -172,7 +172,7 @@ def test_every_dofn_pickles_with_beams_pickler(demo_run):
 def test_two_worker_processes(tmp_path, demo_run):
     """multi_processing: every DoFn and model spec crosses a process boundary, as on Dataflow workers."""
     _, _, out = demo_run
-    report = run_index_job(IndexJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "mp"), **TINY), workers=2)
+    report = run_embed_job(EmbedJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "mp"), **TINY), workers=2)
     assert report["counts"]["embedded"] == 7 and report["workers"] == 2
     a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
     b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "mp" / "embeddings")}
@@ -188,8 +188,9 @@ def test_sdist_ships_every_package_and_config(tmp_path):
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     wanted = [p.relative_to(REPO).as_posix() for pkg in ("pipeline", "transforms", "encoders", "jobs", "index",
-                                                          "evaluation", "features") for p in (REPO / pkg).rglob("*.py")]
-    wanted += [p.relative_to(REPO).as_posix() for folder in ("configs", "jobs/demo_images")
+                                                          "evaluation", "core") for p in (REPO / pkg).rglob("*.py")]
+    wanted += [p.relative_to(REPO).as_posix() for folder in ("encoders/configs", "encoders/regions/configs",
+                                                                              "jobs/demo_data")
                for p in (REPO / folder).rglob("*") if p.is_file()]
     missing = [w for w in wanted if w not in names]
     assert not missing, f"not in the sdist: {missing}"
@@ -200,12 +201,12 @@ def test_incremental_run_carries_unchanged_images(tmp_path):
     corpus.mkdir()
     for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg"):
         (corpus / name).write_bytes((DEMO_IMAGES / name).read_bytes())
-    first = run_index_job(IndexJob(inputs=[str(corpus)], output=str(tmp_path / "v1"), **TINY))
+    first = run_embed_job(EmbedJob(inputs=[str(corpus)], output=str(tmp_path / "v1"), **TINY))
     assert first["counters"]["encoded"] == 3
     (corpus / "rocket.jpg").unlink()                                                        # dropped
     (corpus / "coffee.jpg").write_bytes((DEMO_IMAGES / "chelsea.jpg").read_bytes())         # changed
     (corpus / "retina.jpg").write_bytes((DEMO_IMAGES / "retina.jpg").read_bytes())          # new
-    second = run_index_job(IndexJob(inputs=[str(corpus)], output=str(tmp_path / "v2"),
+    second = run_embed_job(EmbedJob(inputs=[str(corpus)], output=str(tmp_path / "v2"),
                                     previous=str(tmp_path / "v1" / "embeddings"), **TINY))
     c = second["counters"]
     assert (c["carried"], c["changed"], c["new"], c["dropped"]) == (1, 1, 1, 1)

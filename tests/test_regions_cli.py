@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("detectron2")
 
-from features import read_regions
+from encoders.regions.formats import read_regions
 from jobs.cli import main
 from tests.helpers_regions import TINY_CONFIG, photo
 

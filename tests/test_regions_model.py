@@ -267,7 +267,7 @@ def test_pkl_refuses_arbitrary_objects(tmp_path):
 def test_published_config_matches_the_paper_model():
     from encoders.regions.modeling import load_config
 
-    cfg = load_config(str(REPO / "configs" / "detector" / "butd_r101_c4.yaml"))
+    cfg = load_config(str(REPO / "encoders" / "regions" / "configs" / "butd_r101_c4.yaml"))
     assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1600
     assert cfg.MODEL.BUTD.NUM_ATTRIBUTES == 400 and cfg.MODEL.BUTD.RES5_OUT_CHANNELS == 2048
     assert list(cfg.MODEL.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717] and list(cfg.MODEL.PIXEL_STD) == [1, 1, 1]
@@ -299,7 +299,7 @@ def test_caffe_stem_ceil_mode_and_res5_resolution():
 def test_import_without_detectron2_gives_install_hint():
     code = (
         "import sys; sys.modules['detectron2'] = None\n"
-        "import encoders.regions as r, features\n"
+        "import encoders.regions as r, encoders.regions.formats\n"
         "print(r.Regions.__name__)\n"
         "try:\n    r.RegionExtractor\nexcept ImportError as e:\n    print('ERR', e)\n"
     )

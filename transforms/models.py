@@ -14,14 +14,7 @@ from typing import Any
 
 from apache_beam.utils import shared
 
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when the worker has a GPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from core.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,10 +30,8 @@ class EncoderSpec:
     def load(self) -> Any:
         from encoders.lightningdot import LightningDOT
 
-        device = resolve_device(self.device)
-        if self.checkpoint is None:
-            return LightningDOT.random(dict(self.config), seed=self.seed, device=device, dtype=self.dtype)
-        return LightningDOT.from_checkpoint(self.checkpoint, dict(self.config), device=device, dtype=self.dtype)
+        return LightningDOT.load(self.checkpoint, dict(self.config), random_weights=self.checkpoint is None,
+                                 seed=self.seed, device=self.device, dtype=self.dtype)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def regions_digest(regions: Any) -> str:
 
 def read_precomputed(path: str) -> Iterator[RegionRecord]:
     """Regions Parquet (ours), UNITER image DB or BUTD TSV -> RegionRecord."""
-    from features import read_regions
+    from encoders.regions.formats import read_regions
 
     for image_id, regions, uri in _with_uris(read_regions(path), path):
         yield RegionRecord(image_id, uri, regions_digest(regions), regions)

@@ -42,6 +42,8 @@ from fvcore.nn import weight_init
 from torch import nn
 from torchvision.ops import nms
 
+from encoders.regions.config_files import config_path
+
 # detectron2 v0.6's anchor grid calls torch.meshgrid without ``indexing=`` (same result, a warning per call)
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
 
@@ -70,9 +72,11 @@ def add_butd_config(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-def load_config(path: str, device: str = "cpu") -> CfgNode:
+def load_config(path: str | None, device: str = "cpu") -> CfgNode:
+    """A detector YAML (path, or a shipped config's name) on detectron2's defaults plus ours. Loaded with
+    ``allow_unsafe=False``, ``_BASE_`` files included: a config file can never run code."""
     cfg = add_butd_config(get_cfg())
-    cfg.merge_from_file(str(path))
+    cfg.merge_from_file(config_path(path), allow_unsafe=False)
     cfg.MODEL.DEVICE = str(device)
     cfg.freeze()
     return cfg

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 _SAFE_GLOBALS = {
@@ -46,7 +48,7 @@ _SAFE_GLOBALS = {
 _IGNORED_CKPT = re.compile(r"(_momentum$|num_batches_tracked$|anchor_generator\.cell_anchors|^pixel_(mean|std)$)")
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """The weights file does not fit the model built from the config."""
 
 

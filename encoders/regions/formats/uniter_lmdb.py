@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.regions.formats._msgpack import unpackb
 from encoders.regions.types import Regions
-from features._msgpack import unpackb
 
 
 def compute_num_bb(conf: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:

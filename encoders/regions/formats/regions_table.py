@@ -1,8 +1,9 @@
 """The regions table: region features in Parquet, one row per image.
 
 Written by ``ldot regions`` and by the indexing pipeline with ``--keep-regions``; read back by
-:func:`features.read_regions`. ``features`` and ``soft_labels`` are flattened row-major and stored as fp16
-(as UNITER stores them); ``num_boxes`` gives the row count, the feature size is ``len(features) / num_boxes``.
+:func:`encoders.regions.formats.read_regions`. ``features`` and ``soft_labels`` are flattened row-major and
+stored as fp16 (as UNITER stores them);
+``num_boxes`` gives the row count, the feature size is ``len(features) / num_boxes``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.paths import parquet_files
 from encoders.regions.types import Regions
 
 REGIONS_SCHEMA = pa.schema(
@@ -128,24 +130,11 @@ class RegionsWriter:
         self.close()
 
 
-def _parquet_files(path: str) -> list[str]:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(path))
-    if fs.isdir(root):
-        files = sorted(p for p in fs.find(root) if p.endswith(".parquet"))
-        if not files:
-            raise FileNotFoundError(f"no .parquet files under {path}")
-    else:
-        files = [root]
-    return [fs.unstrip_protocol(f) if "://" in str(path) else f for f in files]
-
-
 def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tuple[str, Regions]]:
     """Yield ``(image_id, Regions)`` from a regions table file or a directory of parts (sorted by name)."""
     import fsspec
 
-    for file in _parquet_files(str(path)):
+    for file in parquet_files(str(path)):
         with fsspec.open(file, "rb") as f:
             pf = pq.ParquetFile(f)
             names = set(pf.schema_arrow.names)

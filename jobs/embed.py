@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from pipeline.beam_args import split_beam_args
-from pipeline.index_job import IndexJob, JobError, run_index_job
+from pipeline.embed_job import EmbedJob, run_embed_job
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                options_metavar="INPUT... [OPTIONS] [BEAM FLAGS]")
 @click.option("--output", "-o", required=True, help="Output directory (local path or fsspec URL).")
 @click.option("--checkpoint", help="LightningDOT checkpoint (coco-ft.pt, flickr-ft.pt, LightningDot.pt, ours).")
-@click.option("--encoder-config", help="Encoder size JSON (default: configs/encoder/base.json).")
+@click.option("--encoder-config", help="Encoder size: a JSON file, or a shipped name (base, tiny). Default: base.")
 @click.option("--detector-weights", help="Bottom-up-attention detector weights (.pkl converted from Caffe, or .pth).")
-@click.option("--detector-config", help="Detector YAML (default: configs/detector/butd_r101_c4.yaml).")
+@click.option("--detector-config", help="Detector YAML, or a shipped name (butd_r101_c4, tiny). Default: butd_r101_c4.")
 @click.option("--regions", help="Skip detection: read region features (regions Parquet, UNITER LMDB or BUTD TSV).")
 @click.option("--keep-regions", is_flag=True, help="Also write the region features to OUTPUT/regions/.")
 @click.option("--random-weights", is_flag=True, help="Random weights for both models: smoke runs and demos only.")
@@ -36,12 +35,8 @@ def index_cmd(ctx: click.Context, workers: int | None, **options: object) -> Non
     (--runner, --project, --region, --setup_file, --temp_location, ...) is passed to Beam.
     """
     paths, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
-    job = IndexJob(inputs=paths, beam_args=beam_args, **options)  # type: ignore[arg-type]
-    try:
-        report = run_index_job(job, workers=workers)
-    except JobError as e:
-        click.echo(f"ldot index: {e}", err=True)
-        sys.exit(2)
+    job = EmbedJob(inputs=paths, beam_args=beam_args, **options)  # type: ignore[arg-type]
+    report = run_embed_job(job, workers=workers)
     counts = report["counts"]
     click.echo(json.dumps({"embedded": counts["embedded"], "failed": counts["failed"],
                            "failed_by_error": counts["failed_by_error"], "seconds": report["seconds"],

@@ -1,5 +1,5 @@
 """The main job: INPUT images (or pre-extracted regions) -> LightningDOT embeddings in Parquet, as one Beam
-pipeline, plus ``run.json``. ``run_index_job`` is what ``ldot index`` and the nightly job call."""
+pipeline, plus ``run.json``. ``run_embed_job`` is what ``ldot index`` and the nightly job call."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from core.errors import FailureGuardError, UsageError
+from encoders.regions.config_files import config_path as detector_config_path
+from pipeline.beam_args import pipeline_options
 from transforms.decoding import DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
 from transforms.incremental import CARRIED, SplitBySnapshot
@@ -29,16 +31,18 @@ from transforms.writing import FAILURES_SCHEMA, WriteRows, embeddings_schema
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DETECTOR_CONFIG = REPO / "configs" / "detector" / "butd_r101_c4.yaml"
 
 
-class JobError(RuntimeError):
-    """The run could not start or did not meet its guard (exit non-zero with this message)."""
+class JobError(UsageError):
+    """The run could not start: a flag, input or model file is wrong (the message says which)."""
+
+
+class FailureRateError(JobError, FailureGuardError):
+    """The run completed, but more inputs failed than ``--max-failure-rate`` allows."""
 
 
 @dataclass
-class IndexJob:
+class EmbedJob:
     inputs: list[str]
     output: str
     checkpoint: str | None = None
@@ -79,14 +83,11 @@ class Models:
     detector_fingerprint: str
 
 
-def prepare_models(job: IndexJob) -> Models:
+def prepare_models(job: EmbedJob) -> Models:
     """Load both models once in the launcher: fail fast on bad weights or configs, and fingerprint them."""
     from encoders.lightningdot import LightningDOT
 
-    if job.checkpoint is None:
-        model = LightningDOT.random(job.encoder_config, seed=0)
-    else:
-        model = LightningDOT.from_checkpoint(job.checkpoint, job.encoder_config)
+    model = LightningDOT.load(job.checkpoint, job.encoder_config, random_weights=job.checkpoint is None)
     encoder = EncoderSpec(config=tuple(sorted(model.config.to_dict().items())), checkpoint=job.checkpoint,
                           device=job.device, dtype=job.dtype)
     model_fp = model.fingerprint
@@ -95,7 +96,7 @@ def prepare_models(job: IndexJob) -> Models:
         return Models(encoder, None, model_fp, "precomputed")
     from encoders.regions import RegionExtractor
 
-    config_path = job.detector_config or str(DEFAULT_DETECTOR_CONFIG)
+    config_path = detector_config_path(job.detector_config)
     extractor = RegionExtractor.from_config(config_path, weights=job.detector_weights, device="cpu")
     # Workers get the merged config (``_BASE_`` resolved), so they need no access to the launcher's files.
     detector = DetectorSpec(config_text=extractor.cfg.dump(), config_name=Path(config_path).name,
@@ -104,7 +105,7 @@ def prepare_models(job: IndexJob) -> Models:
     return Models(encoder, detector, model_fp, detector_fp)
 
 
-def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str, beam.PCollection]:
+def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
     failures, carried = [], []
     run_id = uuid.uuid4().hex
@@ -153,7 +154,7 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
     rows | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
     all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
     if job.keep_regions:
-        from features.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
+        from encoders.regions.formats.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
 
         (regions
          | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
@@ -161,17 +162,7 @@ def build_pipeline(p: beam.Pipeline, job: IndexJob, models: Models) -> dict[str,
     return {"embeddings": rows, "failures": all_failures}
 
 
-def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
-    """Unknown CLI flags go to Beam untouched; without --runner, the embedded local runner."""
-    args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args.append("--runner=FnApiRunner")
-    if workers and workers > 1:
-        args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-    return PipelineOptions(args)
-
-
-def _prepare_output(job: IndexJob) -> None:
+def _prepare_output(job: EmbedJob) -> None:
     fs, root = fsspec.core.url_to_fs(job.output)
     for sub in ("embeddings", "failures", "regions"):
         path = f"{root.rstrip('/')}/{sub}"
@@ -210,7 +201,7 @@ def _counters(result: Any) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
+def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     """Run to completion and return (and write) the run report; raises JobError on a broken guard."""
     job.validate()
     if job.random_weights:
@@ -250,6 +241,6 @@ def run_index_job(job: IndexJob, workers: int | None = None) -> dict[str, Any]:
     with fsspec.open(f"{out}/run.json", "w") as f:
         json.dump(report, f, indent=2)
     if job.max_failure_rate is not None and rate > job.max_failure_rate:
-        raise JobError(f"failure rate {rate:.1%} ({failed} of {total}) exceeds --max-failure-rate "
+        raise FailureRateError(f"failure rate {rate:.1%} ({failed} of {total}) exceeds --max-failure-rate "
                        f"{job.max_failure_rate:.1%}; see {out}/failures/")
     return report

@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from encoders.regions.types import Regions
-from features.regions_table import (
+from encoders.regions.formats.regions_table import (
     REGIONS_SCHEMA,
     RegionsWriter,
     read_regions_parquet,
     regions_to_row,
     row_to_regions,
 )
+from encoders.regions.types import Regions
 
 __all__ = [
     "REGIONS_SCHEMA",
@@ -67,10 +67,10 @@ def read_regions(path: str | Path, **kwargs) -> Iterator[tuple[str, Regions]]:
     if fmt == "parquet":
         yield from read_regions_parquet(str(path).removeprefix("file://"), **kwargs)
     elif fmt == "uniter":
-        from features.uniter_lmdb import read_uniter_db
+        from encoders.regions.formats.uniter_lmdb import read_uniter_db
 
         yield from read_uniter_db(str(path).removeprefix("file://"), **kwargs)
     else:
-        from features.butd_tsv import read_butd_tsv
+        from encoders.regions.formats.butd_tsv import read_butd_tsv
 
         yield from read_butd_tsv(str(path), **kwargs)
