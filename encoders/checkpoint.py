@@ -1,6 +1,6 @@
 """Read LightningDOT checkpoints in their published layouts into a ``BiEncoder`` state dict.
 
-Layouts (see ../shared/DESIGN.md):
+Layouts (docs/conventions.md, "Checkpoints"):
 - fine-tuned (``coco-ft.pt``, ``flickr-ft.pt``): ``{"model_dict": {img_model.*, txt_model.*}, optimizer...}``;
 - pre-trained (``LightningDot.pt``): a flat dict, BiEncoder keys under ``bert.``, plus pre-training heads;
 - ours (``LightningDOT.save``): the fine-tuned layout plus ``{"config": {...}}``.

@@ -1,7 +1,7 @@
 """The two LightningDOT towers: a UNITER image encoder used image-only, and a BERT text encoder.
 
 Module names mirror the published checkpoints (``img_model.bert.img_embeddings.img_linear`` ...), so a
-state dict loads without renaming. Conventions are those of ../shared/DESIGN.md.
+state dict loads without renaming. Conventions: docs/conventions.md, "Image tower".
 """
 
 from __future__ import annotations

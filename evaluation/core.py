@@ -20,7 +20,7 @@ from evaluation.recall import DEFAULT_MAX_BYTES, Ranks, hits_from_topk, image_to
 MISSING_POLICIES = ("skip", "miss", "error")
 GALLERIES = ("split", "all")
 
-# The published LightningDOT results without re-ranking (../shared/DESIGN.md), in percent.
+# The published LightningDOT results without re-ranking (docs/conventions.md), in percent.
 REFERENCE: dict[str, dict[str, Any]] = {
     "flickr30k": {
         "label": "Flickr30k test (1k images)", "images": 1000, "captions": 5000,

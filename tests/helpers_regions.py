@@ -79,7 +79,7 @@ def caffe_max_conf(cls_boxes: np.ndarray, scores: np.ndarray, nms_thresh: float 
 
 
 def caffe_keep(max_conf: np.ndarray, conf_thresh=0.2, min_boxes=10, max_boxes=100) -> np.ndarray:
-    """generate_tsv.py's choice, then sorted by conf descending (DESIGN.md step 4)."""
+    """generate_tsv.py's choice, then sorted by conf descending (docs/conventions.md, "Which regions", step 4)."""
     keep_boxes = np.where(max_conf >= conf_thresh)[0]
     order = np.argsort(-max_conf, kind="stable")
     if len(keep_boxes) < min_boxes:

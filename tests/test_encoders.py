@@ -1,6 +1,6 @@
 """LightningDOT towers against an independent reference built from HuggingFace's BertModel.
 
-The reference re-derives DESIGN.md's conventions with transformers' own layers, so a wrong name, a
+The reference re-derives docs/conventions.md with transformers' own layers, so a wrong name, a
 missing LayerNorm or a wrong readout in ``encoders/`` shows up as a numeric mismatch, not a shape error.
 """
 
@@ -67,7 +67,7 @@ def published() -> dict:
 
 
 def _reference_image(ref: dict, feats: np.ndarray, boxes7: np.ndarray) -> np.ndarray:
-    """DESIGN.md's image tower, one unpadded image at a time, on HF's embeddings and encoder layers."""
+    """The image tower of docs/conventions.md, one unpadded image at a time, on HF's embeddings and encoder layers."""
     s, hf = ref["state"], ref["img_hf"]
 
     def p(name: str) -> torch.Tensor:
