@@ -147,9 +147,9 @@ def _to_c2_name(key: str) -> str:
         "proposal_generator.rpn_head.anchor_deltas": "rpn_bbox_pred",
         "roi_heads.box_predictor.cls_score": "cls_score",
         "roi_heads.box_predictor.bbox_pred": "bbox_pred",
-        "roi_heads.attribute_predictor.cls_embedding": "cls_embedding",
-        "roi_heads.attribute_predictor.fc_attr": "fc_attr",
-        "roi_heads.attribute_predictor.attr_score": "attr_score",
+        "roi_heads.box_predictor.cls_embedding": "cls_embedding",
+        "roi_heads.box_predictor.fc_attr": "fc_attr",
+        "roi_heads.box_predictor.attr_score": "attr_score",
     }
     module, param = key.rsplit(".", 1)
     if module in simple:
@@ -182,8 +182,8 @@ def _caffe_pkl(sd: dict[str, torch.Tensor], num_anchors: int) -> dict[str, np.nd
     for k, v in sd.items():
         name = _to_c2_name(k)
         arr = v.numpy().copy()
-        if name.startswith("cls_score"):
-            arr = np.concatenate([arr[-1:], arr[:-1]])  # background first, as in Caffe
+        if name.startswith(("cls_score", "cls_embedding", "attr_score")):
+            arr = np.concatenate([arr[-1:], arr[:-1]])  # background / no attribute first, as in Caffe
         elif name.startswith("bbox_pred"):
             arr = np.concatenate([np.full((4, *arr.shape[1:]), 9.0, arr.dtype), arr])  # background rows
         elif name.startswith("rpn_cls_logits"):
@@ -199,6 +199,7 @@ def test_pkl_with_caffe2_names_loads(tmp_path):
     sd = _perturbed_state(base.model)
     blobs = _caffe_pkl(sd, num_anchors=12)
     assert "res2_0_branch2a_w" in blobs and "res5_0_branch1_bn_riv" in blobs and "cls_embedding_w" in blobs
+    assert {"fc_attr_w", "attr_score_b"} <= set(blobs)
     path = tmp_path / "butd_tiny.pkl"
     with open(path, "wb") as f:
         pickle.dump({"blobs": blobs}, f)
@@ -227,6 +228,94 @@ def test_pkl_with_caffe2_names_loads(tmp_path):
         pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "someone"}, f)
     torch.testing.assert_close(RegionExtractor.from_config(TINY_CONFIG, weights=str(d2)).model.state_dict()[
         "roi_heads.res5.0.conv1.weight"], sd["roi_heads.res5.0.conv1.weight"])
+
+
+# the names py-bottom-up-attention's published files use (detectron2 names; attribute head in the box predictor)
+PUBLISHED_KEYS = [
+    "backbone.stem.conv1.weight", "backbone.stem.conv1.norm.running_var", "backbone.res4.0.shortcut.weight",
+    "proposal_generator.rpn_head.conv.weight", "proposal_generator.rpn_head.objectness_logits.bias",
+    "proposal_generator.rpn_head.anchor_deltas.weight", "proposal_generator.anchor_generator.cell_anchors.0",
+    "roi_heads.res5.0.conv3.norm.weight", "roi_heads.box_predictor.cls_score.weight",
+    "roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.cls_embedding.weight",
+    "roi_heads.box_predictor.fc_attr.weight", "roi_heads.box_predictor.fc_attr.bias",
+    "roi_heads.box_predictor.attr_score.weight", "roi_heads.box_predictor.attr_score.bias",
+]
+
+
+def _published_pkl(path, sd: dict[str, torch.Tensor], cell_anchors: np.ndarray, **extra: np.ndarray) -> None:
+    """py-bottom-up-attention's container: {"model": {detectron2 name: ndarray}, "__author__": ...}, with the
+    RPN's cell anchors stored (old detectron2 saved them with the weights)."""
+    model = {k: v.numpy().copy() for k, v in sd.items()}
+    model["proposal_generator.anchor_generator.cell_anchors.0"] = np.asarray(cell_anchors, dtype=np.float32)
+    model.update(extra)
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "py-bottom-up-attention"}, f)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """Random (perturbed) weights written twice: as a published-layout .pkl and as our .pth."""
+    base = tiny_extractor().model
+    sd = _perturbed_state(base)
+    gen = torch.Generator().manual_seed(11)
+    for k in ("roi_heads.box_predictor.fc_attr.weight", "roi_heads.box_predictor.attr_score.weight"):
+        sd[k] += torch.randn(sd[k].shape, generator=gen)  # attributes that differ between regions
+    anchors = next(iter(base.proposal_generator.anchor_generator.cell_anchors)).numpy()
+    root = tmp_path_factory.mktemp("published")
+    _published_pkl(root / "faster_rcnn_from_caffe_attr.pkl", sd, anchors)
+    torch.save({"model": sd}, root / "same.pth")
+    return root, sd, anchors
+
+
+def test_published_pkl_loads_as_is_and_equals_pth(published):
+    root, sd, _ = published
+    with open(root / "faster_rcnn_from_caffe_attr.pkl", "rb") as f:
+        assert set(PUBLISHED_KEYS) <= set(pickle.load(f)["model"])
+    from_pkl = RegionExtractor.from_config(TINY_CONFIG, weights=str(root / "faster_rcnn_from_caffe_attr.pkl"))
+    from_pth = RegionExtractor.from_config(TINY_CONFIG, weights=str(root / "same.pth"))
+    got = from_pkl.model.state_dict()
+    assert set(got) == set(sd)
+    for k, v in sd.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+    ims = photos()[:2]
+    for a, b in zip(from_pkl.extract(ims), from_pth.extract(ims), strict=True):
+        for field in ("boxes", "features", "conf", "soft_labels"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_published_pkl_with_other_cell_anchors_is_refused(published, tmp_path):
+    _, sd, anchors = published
+    shifted = anchors.copy()
+    shifted[:, 2:] += 1.0  # e.g. detectron2's own convention instead of Caffe's
+    _published_pkl(tmp_path / "other.pkl", sd, shifted)
+    with pytest.raises(WeightsError, match=r"RPN cell anchors 'proposal_generator\.anchor_generator\.cell_anchors\.0'"
+                       r" differ from what the detector config computes") as err:
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "other.pkl"))
+    assert "[-38.0, -16.0, 53.0, 31.0]" in str(err.value)  # ours (py-faster-rcnn's first anchor), shown
+    _published_pkl(tmp_path / "twelve_vs_nine.pkl", sd, anchors[:9])
+    with pytest.raises(WeightsError, match="RPN cell anchors"):
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "twelve_vs_nine.pkl"))
+
+
+def test_published_pkl_unknown_and_missing_keys_are_named(published, tmp_path):
+    _, sd, anchors = published
+    extra = {"roi_heads.box_predictor.obj_embed.weight": np.zeros((3, 2), np.float32)}
+    _published_pkl(tmp_path / "extra.pkl", sd, anchors, **extra)
+    with pytest.raises(WeightsError, match=r"key\(s\) in the file that the model lacks: "
+                                           r"roi_heads\.box_predictor\.obj_embed\.weight"):
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "extra.pkl"))
+    # our earlier name for the attribute head is not silently accepted
+    old = {("roi_heads.attribute_predictor." + k.rsplit("box_predictor.", 1)[1] if "attr" in k or "cls_emb" in k
+            else k): v for k, v in sd.items()}
+    _published_pkl(tmp_path / "old_names.pkl", old, anchors)
+    with pytest.raises(WeightsError) as err:
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "old_names.pkl"))
+    msg = str(err.value)
+    assert "missing from the file: roi_heads.box_predictor" in msg and "roi_heads.attribute_predictor.fc_attr" in msg
+    # a stored pixel normalisation must match the config too
+    _published_pkl(tmp_path / "rgb_means.pkl", sd, anchors, pixel_mean=np.array([123.675, 116.28, 103.53]))
+    with pytest.raises(WeightsError, match=r"pixel normalisation 'pixel_mean' differ .* file \[\[123\.67"):
+        RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "rgb_means.pkl"))
 
 
 def test_pth_state_dict_and_mismatch_errors(tmp_path):

@@ -10,10 +10,11 @@ Everything stock detectron2 lacks is registered through its registries (nothing 
   Caffe proposal layer: "+1" box decoding, clip to ``[0, W-1]``, drop boxes under ``MIN_SIZE * im_scale``
   (original-image pixels) *before* taking the top ``PRE_NMS_TOPK_TEST`` by score, NMS with "+1" areas.
 - ``ButdRes5ROIHeads`` (ROI_HEADS_REGISTRY): res5 on ROI-pooled crops with a configurable stride
-  (``MODEL.BUTD.RES5_STRIDE``, 1 = res5 not halved) and ``MODEL.RESNETS.RES5_DILATION``, plus the
-  attribute head (``cls_embedding`` -> ``fc_attr`` -> ``attr_score``).
+  (``MODEL.BUTD.RES5_STRIDE``, 1 = res5 not halved) and ``MODEL.RESNETS.RES5_DILATION``; its box
+  predictor ``ButdOutputLayers`` (a detectron2 ``FastRCNNOutputLayers``) carries the attribute head
+  (``cls_embedding`` -> ``fc_attr`` -> ``attr_score``) under py-bottom-up-attention's parameter names.
 - ``ButdRCNN`` (META_ARCH_REGISTRY): a GeneralizedRCNN whose ``extract`` returns, per image, the RPN
-  proposals (raw boxes), the class probabilities and the mean-pooled res5 features, with images of
+  proposals (raw boxes), the class (and attribute) probabilities and the mean-pooled res5 features, with images of
   the same size batched together and no padding, so an image's result never depends on its batch-mates.
 """
 
@@ -37,6 +38,7 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone.resnet import BottleneckBlock, CNNBlockBase, ResNet
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.roi_heads import Res5ROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, ImageList, Instances
 from fvcore.nn import weight_init
 from torch import nn
@@ -251,22 +253,41 @@ def caffe_proposals(
     return boxes[kept], scores[kept]
 
 
-class AttributePredictor(nn.Module):
-    """Caffe's attribute branch: ``[pool5, cls_embedding(class)] -> fc_attr -> relu -> attr_score``."""
+class ButdOutputLayers(FastRCNNOutputLayers):
+    """detectron2's box predictor plus the attribute branch of the Caffe model (``cls_embedding`` -> ``fc_attr``
+    -> relu -> ``attr_score``), under py-bottom-up-attention's names, so its published ``.pkl`` files load as
+    they are (``roi_heads.box_predictor.{cls_embedding,fc_attr,attr_score}.*``).
 
-    def __init__(self, in_dim: int, num_classes_with_bg: int, num_attributes: int, embed_dim: int, hidden: int):
-        super().__init__()
-        self.cls_embedding = nn.Embedding(num_classes_with_bg, embed_dim)
-        self.fc_attr = nn.Linear(in_dim + embed_dim, hidden)
-        self.attr_score = nn.Linear(hidden, num_attributes + 1)
+    Rows indexed by object class (``cls_score``, ``cls_embedding``) or by attribute (``attr_score``) are in
+    detectron2's order, as in those files: background / "no attribute" LAST. ``forward`` is detectron2's
+    (class logits, box deltas); the attribute branch runs only when asked (:meth:`attribute_logits`).
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_attributes: int, attribute_embed_dim: int,
+                 attribute_hidden_dim: int, **kwargs):
+        super().__init__(input_shape, **kwargs)
+        in_dim = self.cls_score.in_features
+        self.cls_embedding = nn.Embedding(self.num_classes + 1, attribute_embed_dim)
+        self.fc_attr = nn.Linear(in_dim + attribute_embed_dim, attribute_hidden_dim)
+        self.attr_score = nn.Linear(attribute_hidden_dim, num_attributes + 1)
         for m in (self.fc_attr, self.attr_score):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
 
-    def forward(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
-        """``class_ids`` in Caffe order (0 = background). Returns attribute probabilities ``[N, A+1]``."""
-        x = torch.cat([features, self.cls_embedding(class_ids)], dim=1)
-        return F.softmax(self.attr_score(F.relu(self.fc_attr(x))), dim=-1)
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
+        ret = super().from_config(cfg, input_shape)
+        b = cfg.MODEL.BUTD
+        ret.update(num_attributes=b.NUM_ATTRIBUTES, attribute_embed_dim=b.ATTRIBUTE_EMBED_DIM,
+                   attribute_hidden_dim=b.ATTRIBUTE_HIDDEN_DIM)
+        return ret
+
+    def attribute_logits(self, features: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+        """``[R, A+1]`` attribute logits, "no attribute" last. As Caffe's test net: the embedded class is the
+        argmax over ALL class logits, background included (its ``predicted_cls`` ArgMax layer)."""
+        x = torch.cat([features, self.cls_embedding(class_logits.argmax(dim=1))], dim=1)
+        return self.attr_score(F.relu(self.fc_attr(x)))
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -274,9 +295,8 @@ class ButdRes5ROIHeads(Res5ROIHeads):
     """Res5 head of the bottom-up-attention model (stride and dilation from the config) + attributes."""
 
     @configurable
-    def __init__(self, *, attribute_predictor: nn.Module | None = None, roi_chunk: int = 512, **kwargs):
+    def __init__(self, *, roi_chunk: int = 512, **kwargs):
         super().__init__(**kwargs)
-        self.attribute_predictor = attribute_predictor
         self.roi_chunk = int(roi_chunk)
 
     @classmethod
@@ -285,11 +305,12 @@ class ButdRes5ROIHeads(Res5ROIHeads):
         b = cfg.MODEL.BUTD
         ret["roi_chunk"] = b.ROI_CHUNK
         if b.ATTRIBUTE_ON:
-            ret["attribute_predictor"] = AttributePredictor(
-                b.RES5_OUT_CHANNELS, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, b.NUM_ATTRIBUTES,
-                b.ATTRIBUTE_EMBED_DIM, b.ATTRIBUTE_HIDDEN_DIM,
-            )
+            ret["box_predictor"] = ButdOutputLayers(cfg, ShapeSpec(channels=b.RES5_OUT_CHANNELS, height=1, width=1))
         return ret
+
+    @property
+    def has_attributes(self) -> bool:
+        return isinstance(self.box_predictor, ButdOutputLayers)
 
     @classmethod
     def _build_res5_block(cls, cfg):
@@ -331,7 +352,9 @@ class ButdRCNN(GeneralizedRCNN):
         ``im_scales``: the resize factor of each (for the RPN's minimum size in original pixels).
 
         Returns per image: ``proposals`` ``[R,4]`` raw RPN boxes in the resized image, ``probs`` ``[R, K+1]``
-        softmax with background LAST (detectron2 order), ``features`` ``[R, 2048]``.
+        softmax with background LAST (detectron2 order), ``features`` ``[R, 2048]``, and with the attribute
+        head ``attr_probs`` ``[R, A+1]``: softmax over all attribute outputs (Caffe's ``attr_prob``), "no
+        attribute" LAST.
         """
         device = self.pixel_mean.device
         groups: dict[tuple[int, int], list[int]] = {}
@@ -368,6 +391,9 @@ class ButdRCNN(GeneralizedRCNN):
                 feats = region_feats[start : start + n]
             start += n
             logits = heads.box_predictor.cls_score(feats)
-            out.append({"proposals": proposals[i], "probs": F.softmax(logits, dim=-1), "features": feats})
+            res = {"proposals": proposals[i], "probs": F.softmax(logits, dim=-1), "features": feats}
+            if heads.has_attributes:
+                res["attr_probs"] = F.softmax(heads.box_predictor.attribute_logits(feats, logits), dim=-1)
+            out.append(res)
         return out
 

@@ -1,17 +1,26 @@
 """Weights for the bottom-up-attention model: random (damped) or loaded from ``.pkl`` / ``.pth`` files.
 
-``.pkl``: detectron2 pickles converted from Caffe, with Caffe2/Detectron-style names (``res2_0_branch2a_w``,
-``res_conv1_bn_s``, ``conv_rpn_w``, ``rpn_cls_logits_w``, ``cls_score_w``, ``bbox_pred_w``, ``cls_embedding_w``,
-``fc_attr_w``, ``attr_score_w`` ...), either bare, under ``"blobs"``, or in detectron2's model-zoo layout
-(``{"model": ..., "__author__": ...}``). Names go through detectron2's own C2 conversion
-(``convert_c2_detectron_names``: background moved last in ``cls_score``, background rows dropped from
-``bbox_pred``) plus the attribute-head names it does not know. The file is unpickled with a restricted
-unpickler that only builds numpy arrays and plain containers.
+``.pkl`` with detectron2 names: the files py-bottom-up-attention publishes (``faster_rcnn_from_caffe.pkl``,
+``faster_rcnn_from_caffe_attr.pkl``, ``faster_rcnn_from_caffe_attr_original.pkl``), in detectron2's container
+``{"model": {name: ndarray}, "__author__": ...}``, load as they are: our model uses the same parameter names
+(the attribute head under ``roi_heads.box_predictor.{cls_embedding,fc_attr,attr_score}``) and the same row
+order (background / "no attribute" last).
 
+``.pkl`` with Caffe2/Detectron-style names (``res2_0_branch2a_w``, ``res_conv1_bn_s``, ``conv_rpn_w``,
+``rpn_cls_logits_w``, ``cls_score_w``, ``bbox_pred_w``, ``cls_embedding_w``, ``fc_attr_w``, ``attr_score_w``
+...), bare, under ``"blobs"`` or in the same container: names go through detectron2's own C2 conversion
+(``convert_c2_detectron_names``: background moved last in ``cls_score``, background rows dropped from
+``bbox_pred``), plus the attribute-head layers it does not know, whose Caffe rows (background / "no
+attribute" first) are moved to detectron2's order the same way.
+
+Either ``.pkl`` is unpickled with a restricted unpickler that only builds numpy arrays and plain containers.
 ``.pth``: a state dict with detectron2 names (optionally under ``"model"``), read with ``weights_only=True``.
 
 Loading is strict: a missing parameter, a key the model does not have, or a shape mismatch is an error that
-names the keys and shapes (detectron2's heuristic loader only logs these and leaves random weights).
+names the keys and shapes (detectron2's heuristic loader only logs these and leaves random weights). Stored
+constants the model computes itself (the RPN's ``anchor_generator.cell_anchors.N``, ``pixel_mean``,
+``pixel_std``) are not loaded but checked: a file whose RPN was trained with other anchors, or whose pixel
+normalisation differs from the config, is refused with both values in the message.
 """
 
 from __future__ import annotations
@@ -44,8 +53,14 @@ _SAFE_GLOBALS = {
     ("builtins", "tuple"),
 }
 
-# Keys a checkpoint may carry that are not parameters to check.
-_IGNORED_CKPT = re.compile(r"(_momentum$|num_batches_tracked$|anchor_generator\.cell_anchors|^pixel_(mean|std)$)")
+# Keys a checkpoint may carry that are not parameters (optimizer state, BN bookkeeping).
+_IGNORED_CKPT = re.compile(r"(_momentum$|num_batches_tracked$)")
+# Constants the model computes from the config; a file that stores them must agree (see _check_constants).
+_STORED_CONSTANT = re.compile(r"((^|\.)anchor_generator\.cell_anchors\.\d+$|^pixel_(mean|std)$)")
+# Caffe2 names of the attribute head -> ours; rows indexed by class or attribute are moved like cls_score's.
+_C2_ATTRIBUTE_LAYERS = {"cls.embedding.": "cls_embedding.", "fc.attr.": "fc_attr.", "attr.score.": "attr_score."}
+_BACKGROUND_FIRST = ("box_predictor.cls_embedding.weight", "box_predictor.attr_score.weight",
+                     "box_predictor.attr_score.bias")
 
 
 class WeightsError(UsageError):
@@ -80,14 +95,15 @@ def _c2_renames(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     renamed, _ = convert_c2_detectron_names(pre)
     out = {}
     for k, v in renamed.items():
-        k = re.sub(r"^cls\.embedding\.", "attribute_predictor.cls_embedding.", k)
-        k = re.sub(r"^fc\.attr\.", "attribute_predictor.fc_attr.", k)
-        k = re.sub(r"^attr\.score\.", "attribute_predictor.attr_score.", k)
+        for c2_prefix, ours in _C2_ATTRIBUTE_LAYERS.items():
+            if k.startswith(c2_prefix):
+                k = "box_predictor." + ours + k[len(c2_prefix):]
         k = re.sub(r"^cls_score\.", "box_predictor.cls_score.", k)
         k = re.sub(r"^bbox_pred\.", "box_predictor.bbox_pred.", k)
         k = re.sub(r"^res5\.", "roi_heads.res5.", k)
         k = re.sub(r"^(stem|res[234])\.", r"backbone.\1.", k)
-        # detectron2's converter maps Caffe's embedding weight name like any other "_w"
+        if k in _BACKGROUND_FIRST:
+            v = torch.cat([v[1:], v[:1]])  # Caffe's row 0 (background / no attribute) -> last
         out[k] = v
     return out
 
@@ -155,11 +171,38 @@ def _fix_rpn_objectness(model_sd: dict, ckpt: dict, ckpt_key: str, model_key: st
         ckpt[ckpt_key] = v[a:] - v[:a]
 
 
+def _check_constants(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """A stored constant (cell anchors, pixel mean/std) must equal the one the model computes from the config."""
+    buffers = dict(model.named_buffers())
+    for key in sorted(k for k in state if _STORED_CONSTANT.search(k)):
+        names = [b for b in buffers if b == key or b.endswith("." + key)]
+        if len(names) != 1:
+            raise WeightsError(f"weights {path}: stored constant {key!r} matches no single buffer of the model "
+                               f"(candidates: {names})")
+        ours = buffers[names[0]].detach().cpu().double()
+        stored = state[key].detach().cpu().double()
+        if stored.numel() == ours.numel() and torch.allclose(stored.reshape(ours.shape), ours, rtol=0, atol=1e-3):
+            continue
+        anchors = "cell_anchors" in key
+        width = 4 if anchors and stored.numel() % 4 == 0 else 1
+        raise WeightsError(
+            f"weights {path}: the file's {'RPN cell anchors' if anchors else 'pixel normalisation'} {key!r} "
+            f"differ from what the detector config computes, so these weights were made for another model: "
+            f"file {_rounded_rows(stored, width)} vs config {_rounded_rows(ours, width)}"
+        )
+
+
+def _rounded_rows(t: torch.Tensor, width: int) -> list[list[float]]:
+    return [[round(float(x), 2) for x in row] for row in t.reshape(-1, width)]
+
+
 def load_weights(model: nn.Module, path: str) -> str:
     """Load ``path`` into ``model`` strictly. Returns the sha256 of the file."""
     state, c2, raw = read_checkpoint(path)
     if c2:
         state = _c2_renames(state)
+    _check_constants(model, state, path)
+    state = {k: v for k, v in state.items() if not _STORED_CONSTANT.search(k)}
     model_sd = model.state_dict()
     model_keys = [k for k in model_sd if not _IGNORED_CKPT.search(k)]
     mapping = _match(model_keys, state)
