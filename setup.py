@@ -42,6 +42,7 @@ setup(
             "ruff==0.17.6",
             "scikit-image==0.26.0",
             "transformers==5.24.0",
+            "opencv-python-headless==5.0.0.93",  # tests only: the reference for decoding (cv2.imread)
         ],
     },
     entry_points={"console_scripts": ["ldot=jobs.cli:main"]},

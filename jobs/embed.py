@@ -8,6 +8,7 @@ import click
 
 from pipeline.beam_args import split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
+from transforms.decoding import ALPHA_MODES
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -19,6 +20,9 @@ from pipeline.embed_job import EmbedJob, run_embed_job
 @click.option("--detector-config", help="Detector YAML, or a shipped name (butd_r101_c4, tiny). Default: butd_r101_c4.")
 @click.option("--regions", help="Skip detection: read region features (regions Parquet, UNITER LMDB or BUTD TSV).")
 @click.option("--keep-regions", is_flag=True, help="Also write the region features to OUTPUT/regions/.")
+@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="drop", show_default=True,
+              help="Transparent pixels: drop alpha as the original extraction (cv2.imread) did, or composite on "
+                   "white.")
 @click.option("--random-weights", is_flag=True, help="Random weights for both models: smoke runs and demos only.")
 @click.option("--max-failure-rate", type=float, help="Exit non-zero when more than this fraction of inputs fail.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (CUDA when the worker has it).")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from core.errors import FailureGuardError, UsageError
 from encoders.regions.config_files import config_path as detector_config_path
 from pipeline.beam_args import pipeline_options
-from transforms.decoding import DEFAULT_MAX_PIXELS, DecodeImages
+from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
 from transforms.incremental import CARRIED, SplitBySnapshot
 from transforms.listing import ListImages
@@ -58,6 +58,7 @@ class EmbedJob:
     detector_batch_size: int = 4
     encoder_batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
+    alpha: str = "drop"  # transparency: dropped as the original extraction's cv2.imread, or composited on white
     overwrite: bool = False
     previous: str | None = None  # an earlier embeddings directory: unchanged images are carried over from it
     beam_args: list[str] = field(default_factory=list)
@@ -71,6 +72,8 @@ class EmbedJob:
         if self.regions is None and self.detector_weights is None and not self.random_weights:
             raise JobError("no detector weights: give --detector-weights PATH (a BUTD .pkl/.pth), --regions PATH "
                            "to use pre-extracted features, or --random-weights for a smoke run")
+        if self.alpha not in ALPHA_MODES:
+            raise JobError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
             raise JobError(f"--max-failure-rate must be within 0..1, got {self.max_failure_rate}")
 
@@ -101,7 +104,8 @@ def prepare_models(job: EmbedJob) -> Models:
     # Workers get the merged config (``_BASE_`` resolved), so they need no access to the launcher's files.
     detector = DetectorSpec(config_text=extractor.cfg.dump(), config_name=Path(config_path).name,
                             weights=job.detector_weights, device=job.device, batch_size=job.detector_batch_size)
-    detector_fp = extractor.fingerprint
+    # the pixels the detector sees are part of what its features depend on (incremental runs compare this)
+    detector_fp = extractor.fingerprint if job.alpha == "drop" else f"{extractor.fingerprint}+alpha-{job.alpha}"
     return Models(encoder, detector, model_fp, detector_fp)
 
 
@@ -127,7 +131,7 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         listed = p | "List" >> ListImages(job.inputs)
         read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
         todo = split_by_snapshot(read.ok)
-        decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels)).with_outputs(FAILED, main="ok")
+        decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha)).with_outputs(FAILED, main="ok")
         extracted = (decoded.ok
                      | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
                      | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))

@@ -31,13 +31,21 @@ def photo(name: str = "chelsea.jpg", size: int = 96) -> Image.Image:
     return img
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def raw_png(width: int, height: int, bit_depth: int, color_type: int, scanlines: bytes, extra: bytes = b"") -> bytes:
+    """A PNG written by hand (for layouts Pillow cannot save: 2/4-bit grey, 16-bit grey+alpha, tRNS on grey/RGB).
+    ``scanlines``: the filtered rows (filter byte 0 + packed samples, big-endian); ``extra``: chunks before IDAT."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra + png_chunk(b"IDAT", zlib.compress(scanlines))
+            + png_chunk(b"IEND", b""))
+
+
 def png_with_declared_size(width: int, height: int) -> bytes:
     """A valid PNG header declaring width x height, with almost no pixel data: a decompression bomb shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return raw_png(width, height, 8, 2, b"\0" * 16)
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -152,6 +152,36 @@ def test_cli_passes_unknown_flags_to_beam(tmp_path):
     assert flags == ["--job_name", "ldot-test", "--direct_num_workers", "1"]
 
 
+def test_alpha_option_reaches_the_decoder(tmp_path):
+    """--alpha composite: the pipeline's pixels are the composited ones, and the detector fingerprint says so
+    (an incremental run must not carry rows decoded the other way)."""
+    from PIL import Image
+
+    from transforms.decoding import decode_image
+
+    rgba = np.asarray(Image.open(DEMO_IMAGES / "coffee.jpg").convert("RGBA").resize((96, 64))).copy()
+    rgba[:, :40, 3] = 0
+    rgba[:, :40, :3] = [0, 255, 0]  # hidden under full transparency
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "hidden.png")
+    with pytest.raises(JobError, match="--alpha must be one of drop, composite"):
+        IndexJob(inputs=[str(tmp_path)], output=str(tmp_path / "x"), alpha="white", **TINY).validate()
+    result = CliRunner().invoke(cli, [
+        "index", str(tmp_path / "hidden.png"), "--output", str(tmp_path / "o"), "--random-weights", "--alpha",
+        "composite", "--encoder-config", TINY_ENCODER, "--detector-config", TINY_DETECTOR, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert report["flags"]["alpha"] == "composite" and report["detector"].endswith("+alpha-composite")
+    job = IndexJob(inputs=[str(tmp_path / "hidden.png")], output=str(tmp_path / "y"), **TINY)
+    models = prepare_models(job)
+    extractor, encoder = models.detector.load(), models.encoder.load()
+    data = (tmp_path / "hidden.png").read_bytes()
+    (row,) = read_table(tmp_path / "o" / "embeddings")
+    for alpha, same in (("composite", True), ("drop", False)):
+        regions = extractor.extract([decode_image(data, alpha=alpha)])[0]
+        want = encoder.encode_regions([regions.features], [regions.norm_bb])[0]
+        assert np.allclose(np.asarray(row["embedding"]), want, atol=1e-5, rtol=1e-4) is same, alpha
+
+
 def test_every_dofn_pickles_with_beams_pickler(demo_run):
     job, _, _ = demo_run
     from transforms.decoding import DecodeImages
