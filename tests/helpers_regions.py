@@ -113,3 +113,19 @@ def caffe_proposal_layer(anchors, fg_scores, deltas, im_h, im_w, im_scale, min_s
     boxes, scores = boxes[order], scores[order]
     keep = py_cpu_nms(np.hstack([boxes, scores[:, None]]).astype(np.float32), nms_thresh)[:post]
     return boxes[keep], scores[keep]
+
+
+def caffe_attributes(pool5: np.ndarray, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The attribute branch of the Caffe test net (test.prototxt: ``predicted_cls`` ArgMax over ``cls_score``,
+    ``cls_embedding`` Embed, concat with pool5, ``fc_attr`` + ReLU, ``attr_score``, ``attr_prob`` Softmax) and the
+    reading of tools/demo.ipynb (best attribute skipping column 0). ``w``: Caffe-ordered blobs ``cls_score_w/b``,
+    ``cls_embedding_w``, ``fc_attr_w/b``, ``attr_score_w/b``. Returns ``(attr_prob, ids, conf)``."""
+    x = pool5.astype(np.float64)
+    predicted_cls = np.argmax(x @ w["cls_score_w"].T + w["cls_score_b"], axis=1)
+    concat = np.hstack([x, w["cls_embedding_w"][predicted_cls]])
+    fc_attr = np.maximum(concat @ w["fc_attr_w"].T + w["fc_attr_b"], 0)
+    score = fc_attr @ w["attr_score_w"].T + w["attr_score_b"]
+    e = np.exp(score - score.max(axis=1, keepdims=True))
+    attr_prob = e / e.sum(axis=1, keepdims=True)
+    ids = np.argmax(attr_prob[:, 1:], axis=1) + 1
+    return attr_prob, ids, attr_prob[np.arange(len(ids)), ids]

@@ -27,7 +27,8 @@ from encoders.regions.formats.regions_table import rows_to_table
 from encoders.regions.formats.uniter_lmdb import compute_num_bb
 
 
-def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: bool = True) -> Regions:
+def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: bool = True,
+                 attrs: bool = False) -> Regions:
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, [width * 0.6, height * 0.6], size=(n, 2))
     wh = rng.uniform(10, [width * 0.4, height * 0.4], size=(n, 2))
@@ -35,7 +36,9 @@ def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: b
     conf = np.sort(rng.uniform(0.05, 0.95, size=n))[::-1].astype(np.float32)
     probs = rng.dirichlet(np.full(1601, 0.05), size=n).astype(np.float32) if soft else None
     feats = rng.gamma(1.0, 1.0, size=(n, 2048)).astype(np.float32)
-    return Regions.from_boxes(feats, boxes, conf, probs, width, height)
+    attr_ids = rng.integers(1, 401, size=n) if attrs else None
+    attr_conf = rng.uniform(0, 1, size=n) if attrs else None
+    return Regions.from_boxes(feats, boxes, conf, probs, width, height, attr_ids, attr_conf)
 
 
 # ---- regions Parquet ---------------------------------------------------------------------------------------
@@ -71,6 +74,28 @@ def test_row_converters_without_soft_labels():
     back = row_to_regions(table.to_pylist()[0])
     assert back.soft_labels is None and back.num_boxes == 12
     np.testing.assert_allclose(back.features, r.features, rtol=1e-3, atol=1e-6)
+
+
+def test_attribute_columns_roundtrip_and_version_1_files_still_read(tmp_path):
+    import pyarrow as pa
+
+    with_attrs, without = make_regions(5, 23, attrs=True), make_regions(6, 11)
+    table = rows_to_table([regions_to_row("a", None, with_attrs), regions_to_row("b", None, without)])
+    assert table.column("attr_ids").type == pa.list_(pa.int16()) and table.column("attr_conf").null_count == 1
+    pq.write_table(table, tmp_path / "v2.parquet")
+    got = dict(read_regions(tmp_path / "v2.parquet"))
+    np.testing.assert_array_equal(got["a"].attr_ids, with_attrs.attr_ids)
+    np.testing.assert_array_equal(got["a"].attr_conf, with_attrs.attr_conf)
+    assert got["a"].attr_ids.dtype == np.int32 and got["b"].attr_ids is None and got["b"].attr_conf is None
+    # a file written before the attribute columns existed (regions_version 1)
+    v1 = pa.schema([f for f in REGIONS_SCHEMA if not f.name.startswith("attr_")],
+                   metadata={b"lightningdot_index.table": b"regions", b"lightningdot_index.regions_version": b"1"})
+    pq.write_table(table.select(v1.names).cast(v1), tmp_path / "v1.parquet")
+    (image_id, old), _ = list(read_regions(tmp_path / "v1.parquet"))
+    assert image_id == "a" and old.attr_ids is None and old.attr_conf is None
+    np.testing.assert_array_equal(old.conf, with_attrs.conf)
+    with pytest.raises(ValueError, match="both or neither"):
+        Regions.from_boxes(with_attrs.features, with_attrs.boxes, with_attrs.conf, None, 640, 480, with_attrs.attr_ids)
 
 
 def test_parquet_missing_columns_is_a_clear_error(tmp_path):

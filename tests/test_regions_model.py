@@ -15,7 +15,15 @@ pytest.importorskip("detectron2")
 
 from encoders.regions import RegionExtractor, Regions, normalize_boxes
 from encoders.regions.weights import WeightsError
-from tests.helpers_regions import REPO, TINY_CONFIG, caffe_keep, caffe_max_conf, photos, tiny_extractor
+from tests.helpers_regions import (
+    REPO,
+    TINY_CONFIG,
+    caffe_attributes,
+    caffe_keep,
+    caffe_max_conf,
+    photos,
+    tiny_extractor,
+)
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +265,15 @@ def published(tmp_path_factory):
     """Random (perturbed) weights written twice: as a published-layout .pkl and as our .pth."""
     base = tiny_extractor().model
     sd = _perturbed_state(base)
+    # random region features share one large direction: centre the class and attribute layers on their mean so
+    # that regions differ in class and attribute (a degenerate "all the same" case would test little)
+    mean = torch.from_numpy(np.concatenate([r["features"] for r in tiny_extractor().extract_raw(photos()[:2])]).mean(0))
     gen = torch.Generator().manual_seed(11)
-    for k in ("roi_heads.box_predictor.fc_attr.weight", "roi_heads.box_predictor.attr_score.weight"):
-        sd[k] += torch.randn(sd[k].shape, generator=gen)  # attributes that differ between regions
+    p = "roi_heads.box_predictor."
+    sd[p + "cls_score.bias"] = -(sd[p + "cls_score.weight"] @ mean)
+    sd[p + "fc_attr.weight"] = 0.02 * torch.randn(sd[p + "fc_attr.weight"].shape, generator=gen)
+    sd[p + "fc_attr.bias"] = -(sd[p + "fc_attr.weight"][:, : mean.numel()] @ mean)
+    sd[p + "attr_score.weight"] = torch.randn(sd[p + "attr_score.weight"].shape, generator=gen)
     anchors = next(iter(base.proposal_generator.anchor_generator.cell_anchors)).numpy()
     root = tmp_path_factory.mktemp("published")
     _published_pkl(root / "faster_rcnn_from_caffe_attr.pkl", sd, anchors)
@@ -279,7 +293,7 @@ def test_published_pkl_loads_as_is_and_equals_pth(published):
         torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
     ims = photos()[:2]
     for a, b in zip(from_pkl.extract(ims), from_pth.extract(ims), strict=True):
-        for field in ("boxes", "features", "conf", "soft_labels"):
+        for field in ("boxes", "features", "conf", "soft_labels", "attr_ids", "attr_conf"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 
 
@@ -316,6 +330,58 @@ def test_published_pkl_unknown_and_missing_keys_are_named(published, tmp_path):
     _published_pkl(tmp_path / "rgb_means.pkl", sd, anchors, pixel_mean=np.array([123.675, 116.28, 103.53]))
     with pytest.raises(WeightsError, match=r"pixel normalisation 'pixel_mean' differ .* file \[\[123\.67"):
         RegionExtractor.from_config(TINY_CONFIG, weights=str(tmp_path / "rgb_means.pkl"))
+
+
+def test_attributes_follow_the_caffe_net_on_published_weights(published):
+    """Attribute ids/confidences == the Caffe test net's attribute branch (transcribed) on the same weights put in
+    Caffe's row order (background / no attribute first), and the class distribution is Caffe-ordered too."""
+    root, sd, _ = published
+    ex = RegionExtractor.from_config(TINY_CONFIG, weights=str(root / "faster_rcnn_from_caffe_attr.pkl"))
+
+    def caffe_rows(key: str) -> np.ndarray:  # detectron2 order (background / no attribute last) -> Caffe's
+        v = sd[f"roi_heads.box_predictor.{key}"].double().numpy()
+        return np.concatenate([v[-1:], v[:-1]])
+
+    blobs = {"cls_score_w": caffe_rows("cls_score.weight"), "cls_score_b": caffe_rows("cls_score.bias"),
+             "cls_embedding_w": caffe_rows("cls_embedding.weight"),
+             "fc_attr_w": sd["roi_heads.box_predictor.fc_attr.weight"].double().numpy(),
+             "fc_attr_b": sd["roi_heads.box_predictor.fc_attr.bias"].double().numpy(),
+             "attr_score_w": caffe_rows("attr_score.weight"), "attr_score_b": caffe_rows("attr_score.bias")}
+    regions = ex.extract(photos()[:2])
+    assert len(np.unique(np.concatenate([r.attr_ids for r in regions]))) > 1
+    assert len(np.unique(np.concatenate([r.soft_labels.argmax(1) for r in regions]))) > 1
+    for r in regions:
+        _, ids, conf = caffe_attributes(r.features, blobs)
+        assert r.attr_ids.dtype == np.int32 and r.attr_ids.min() >= 1 and r.attr_ids.max() <= 400
+        np.testing.assert_array_equal(r.attr_ids, ids)
+        np.testing.assert_allclose(r.attr_conf, conf, rtol=1e-4, atol=1e-7)
+        logits = r.features.astype(np.float64) @ blobs["cls_score_w"].T + blobs["cls_score_b"]
+        soft = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(r.soft_labels, soft / soft.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_attribute_and_class_order_on_a_constructed_case():
+    """Weights built so the answer is known: every region's class is detectron2 index 41 (Caffe 42), whose class
+    embedding alone switches on the attribute at detectron2 index 6 (Caffe 7); "no attribute" (detectron2's last
+    row) gets logit 2. Caffe order puts background / no attribute at index 0."""
+    ex = RegionExtractor.from_config(TINY_CONFIG)
+    pred = ex.model.roi_heads.box_predictor
+    k, j, in_dim = 41, 6, pred.cls_score.in_features
+    with torch.no_grad():
+        for p in pred.parameters():
+            p.zero_()
+        pred.cls_score.bias[k] = 8.0
+        pred.cls_embedding.weight[k, 0] = 1.0  # only the predicted class's embedding (detectron2 row) is non-zero
+        pred.fc_attr.weight[0, in_dim] = 1.0  # hidden unit 0 reads embedding dim 0
+        pred.attr_score.weight[j, 0] = 5.0
+        pred.attr_score.bias[-1] = 2.0  # "no attribute"
+    (r,) = ex.extract([photos()[0]])
+    assert (r.soft_labels.argmax(1) == k + 1).all()
+    np.testing.assert_allclose(r.soft_labels[:, 0], 1 / (np.exp(8) + 1600), rtol=1e-4)  # background column
+    assert (r.attr_ids == j + 1).all()
+    np.testing.assert_allclose(r.attr_conf, np.exp(5) / (np.exp(5) + np.exp(2) + 399), rtol=1e-5)
+    raw = ex.extract_raw([photos()[0]])[0]
+    np.testing.assert_allclose(raw["attr_probs"][:, 0], np.exp(2) / (np.exp(5) + np.exp(2) + 399), rtol=1e-5)
 
 
 def test_pth_state_dict_and_mismatch_errors(tmp_path):

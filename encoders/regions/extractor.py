@@ -13,7 +13,7 @@ import torch
 from detectron2.modeling import build_model
 
 from encoders.regions.modeling import load_config
-from encoders.regions.selection import select_regions
+from encoders.regions.selection import best_attributes, select_regions
 from encoders.regions.types import Regions
 from encoders.regions.weights import damp_random_weights, load_weights
 
@@ -46,14 +46,22 @@ def canonical_config(cfg) -> str:
     return json.dumps(plain(cfg), sort_keys=True)
 
 
+def _last_column_first(probs: torch.Tensor) -> np.ndarray:
+    """detectron2's order (background / "no attribute" last) -> Caffe's (first)."""
+    probs = probs.float()
+    return torch.cat([probs[:, -1:], probs[:, :-1]], dim=1).cpu().numpy()
+
+
 class RegionExtractor:
     """The bottom-up-attention Faster R-CNN as a batch feature extractor.
 
     Build with :meth:`from_config`. :meth:`extract` takes HxWx3 uint8 RGB arrays and returns one
     :class:`Regions` per image: the 10-100 regions of the original extraction rule, sorted by confidence,
-    with boxes in original-image pixels. Images go through the model ``batch_size`` at a time; images of
-    the same resized size share forward passes without padding, and res5 runs on the crops of the whole
-    batch at once, so an image's result does not depend on its batch-mates.
+    with boxes in original-image pixels, class distributions and (with the attribute head,
+    ``MODEL.BUTD.ATTRIBUTE_ON``) each region's attribute, both in the original Caffe order. Images go through
+    the model ``batch_size`` at a time; images of the same resized size share forward passes without padding,
+    and res5 runs on the crops of the whole batch at once, so an image's result does not depend on its
+    batch-mates.
     """
 
     def __init__(self, cfg, model: torch.nn.Module, fingerprint: str, device: str, batch_size: int):
@@ -132,24 +140,24 @@ class RegionExtractor:
     @torch.no_grad()
     def extract_raw(self, images: Sequence[np.ndarray]) -> list[dict]:
         """Before region selection: per image ``proposals`` (original pixels), ``probs`` (background
-        first), ``features``, plus ``width``/``height``. For tests and diagnostics."""
+        first), ``features``, ``attr_probs`` (with the attribute head; "no attribute" first), plus
+        ``width``/``height``. Class and attribute columns in the original Caffe order. For tests and diagnostics."""
         out: list[dict] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             prepped = [self.preprocess(im) for im in chunk]
             results = self.model.extract([t for t, _ in prepped], [scale for _, scale in prepped])
             for im, (_, scale), res in zip(chunk, prepped, results, strict=True):
-                probs = res["probs"].float()
-                probs = torch.cat([probs[:, -1:], probs[:, :-1]], dim=1)  # background -> index 0
-                out.append(
-                    {
-                        "proposals": (res["proposals"].float() / scale).cpu().numpy(),
-                        "probs": probs.cpu().numpy(),
-                        "features": res["features"].float().cpu().numpy(),
-                        "height": int(im.shape[0]),
-                        "width": int(im.shape[1]),
-                    }
-                )
+                raw = {
+                    "proposals": (res["proposals"].float() / scale).cpu().numpy(),
+                    "probs": _last_column_first(res["probs"]),  # background -> index 0
+                    "features": res["features"].float().cpu().numpy(),
+                    "height": int(im.shape[0]),
+                    "width": int(im.shape[1]),
+                }
+                if "attr_probs" in res:
+                    raw["attr_probs"] = _last_column_first(res["attr_probs"])  # no attribute -> index 0
+                out.append(raw)
         return out
 
     def select(self, raw: dict) -> Regions:
@@ -159,8 +167,11 @@ class RegionExtractor:
             boxes, probs[:, 1:], self.nms_thresh, self.conf_thresh, self.min_boxes, self.max_boxes,
             self.legacy_plus_one,
         )
+        attr_ids = attr_conf = None
+        if "attr_probs" in raw:
+            attr_ids, attr_conf = best_attributes(raw["attr_probs"][keep])
         return Regions.from_boxes(
-            raw["features"][keep], boxes[keep], conf, probs[keep], raw["width"], raw["height"]
+            raw["features"][keep], boxes[keep], conf, probs[keep], raw["width"], raw["height"], attr_ids, attr_conf
         )
 
     def extract(self, images: Sequence[np.ndarray]) -> list[Regions]:

@@ -14,6 +14,9 @@ peteanderson80/bottom-up-attention), not the class-agnostic rule of the detectro
 Caffe's NMS measures boxes with the "+1" pixel convention (``area = (x2 - x1 + 1) * (y2 - y1 + 1)``);
 ``legacy_plus_one=True`` reproduces it exactly (IoU of the boxes with ``x2 + 1, y2 + 1``).
 Only torch and torchvision are needed here (no detectron2).
+
+Each kept region's attribute follows the original code too (``tools/demo.ipynb``): the most likely of the
+400 attributes, skipping column 0 ("no attribute"), with its probability in the 401-way softmax.
 """
 
 from __future__ import annotations
@@ -77,3 +80,13 @@ def select_regions(
     max_conf = per_class_max_conf(boxes, class_scores, nms_thresh, legacy_plus_one)
     keep = select_from_max_conf(max_conf, conf_thresh, min_boxes, max_boxes)
     return keep, max_conf[keep]
+
+
+def best_attributes(attr_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``attr_probs`` ``[N, 1+A]`` in Caffe order ("no attribute" at column 0) -> ``(ids, conf)``: per row the
+    argmax over columns 1..A (so ids are 1..A) and its probability."""
+    attr_probs = np.asarray(attr_probs, dtype=np.float32)
+    if attr_probs.ndim != 2 or attr_probs.shape[1] < 2:
+        raise ValueError(f"attribute probabilities must be [N, 1+A], got shape {attr_probs.shape}")
+    ids = attr_probs[:, 1:].argmax(axis=1) + 1
+    return ids.astype(np.int32), np.take_along_axis(attr_probs, ids[:, None], axis=1)[:, 0]

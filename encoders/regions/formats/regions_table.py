@@ -2,8 +2,9 @@
 
 Written by ``ldot regions`` and by the indexing pipeline with ``--keep-regions``; read back by
 :func:`encoders.regions.formats.read_regions`. ``features`` and ``soft_labels`` are flattened row-major and
-stored as fp16 (as UNITER stores them);
-``num_boxes`` gives the row count, the feature size is ``len(features) / num_boxes``.
+stored as fp16 (as UNITER stores them); ``num_boxes`` gives the row count, the feature size is
+``len(features) / num_boxes``. ``attr_ids`` / ``attr_conf`` (optional, version 2): each region's attribute in the original Caffe order (see
+:class:`encoders.regions.Regions`); files without them (version 1) read the same, with no attributes.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ REGIONS_SCHEMA = pa.schema(
         pa.field("boxes", pa.list_(pa.float32()), nullable=False),
         pa.field("conf", pa.list_(pa.float32()), nullable=False),
         pa.field("soft_labels", pa.list_(pa.float16())),
+        pa.field("attr_ids", pa.list_(pa.int16())),
+        pa.field("attr_conf", pa.list_(pa.float32())),
     ],
-    metadata={b"lightningdot_index.table": b"regions", b"lightningdot_index.regions_version": b"1"},
+    metadata={b"lightningdot_index.table": b"regions", b"lightningdot_index.regions_version": b"2"},
 )
 
 
@@ -51,6 +54,8 @@ def regions_to_row(image_id: str, uri: str | None, regions: Regions, with_soft_l
         "boxes": regions.boxes.astype(np.float32).reshape(-1),
         "conf": regions.conf.astype(np.float32).reshape(-1),
         "soft_labels": soft,
+        "attr_ids": None if regions.attr_ids is None else regions.attr_ids.astype(np.int16),
+        "attr_conf": None if regions.attr_conf is None else regions.attr_conf.astype(np.float32),
     }
 
 
@@ -83,6 +88,8 @@ def row_to_regions(row: dict) -> Regions:
         soft_labels=soft,
         width=int(row["width"]),
         height=int(row["height"]),
+        attr_ids=_as_array(row.get("attr_ids"), np.int32),
+        attr_conf=_as_array(row.get("attr_conf"), np.float32),
     )
 
 
