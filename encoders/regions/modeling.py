@@ -372,7 +372,9 @@ class ButdRCNN(GeneralizedRCNN):
                 props, _ = self.proposal_generator(image_list, features, None, im_scales=scales)
             else:
                 props, _ = self.proposal_generator(image_list, features, None)
-            feats = [features[f] for f in heads.in_features]
+            # ROI max-pooling in float32: lossless, and under autocast (bf16/fp16) torchvision's CPU roi_pool
+            # has no autocast rule and refuses half features with float boxes
+            feats = [features[f].float() for f in heads.in_features]
             boxes = [p.proposal_boxes for p in props]
             pooled = heads.pooler(feats, boxes)
             start = 0
