@@ -43,10 +43,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = {
-    False: (REPO / "configs" / "detector" / "butd_r101_c4.yaml", REPO / "configs" / "encoder" / "base.json"),
-    True: (REPO / "configs" / "detector" / "tiny.yaml", REPO / "configs" / "encoder" / "tiny.json"),
-}
+PHOTOS = REPO / "jobs" / "demo_data" / "images"
+CONFIGS = {False: ("butd_r101_c4", "base"), True: ("tiny", "tiny")}  # shipped configs, by name: (detector, tower)
 KEPT_IOU = 0.95
 SKIPPED_BUDGET = "skipped: time budget"
 
@@ -67,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny configs and short sweeps (CPU smoke test)")
-    ap.add_argument("--detector-config", help="default: configs/detector/butd_r101_c4.yaml (tiny.yaml with --quick)")
-    ap.add_argument("--encoder-config", help="default: configs/encoder/base.json (tiny.json with --quick)")
+    ap.add_argument("--detector-config", help="YAML or shipped name (default: butd_r101_c4; tiny with --quick)")
+    ap.add_argument("--encoder-config", help="JSON or shipped name (default: base; tiny with --quick)")
     ap.add_argument("--detector-weights", help="detector .pkl/.pth (default: damped random weights)")
     ap.add_argument("--checkpoint", help="LightningDOT checkpoint (default: random weights)")
     ap.add_argument("--modes", help="comma-separated, of fp32,tf32,bf16,fp16 (default: all; no tf32 on cpu)")
@@ -80,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", help="also write the report as JSON here")
     args = ap.parse_args(argv)
     det_cfg, enc_cfg = CONFIGS[args.quick]
-    args.detector_config = args.detector_config or str(det_cfg)
-    args.encoder_config = args.encoder_config or str(enc_cfg)
+    args.detector_config = args.detector_config or det_cfg
+    args.encoder_config = args.encoder_config or enc_cfg
     cuda = args.device.startswith("cuda")
     names = args.modes.split(",") if args.modes else [m for m in MODES if cuda or m != "tf32"]
     unknown = [m for m in names if m not in MODES]
@@ -314,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     bench = Bench(args.device, args.repeats, args.budget_s)
     cuda = bench.cuda
-    photos = sorted((REPO / "jobs" / "demo_images").glob("*.jpg"))
+    photos = sorted(PHOTOS.glob("*.jpg"))
     # plain RGB JPEGs: Pillow gives what transforms.decoding does, without Beam (absent on bare GPU machines)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in photos]
     parity_images = [images[i % len(images)] for i in range(args.images)]

@@ -164,14 +164,14 @@ def test_alpha_option_reaches_the_decoder(tmp_path):
     rgba[:, :40, :3] = [0, 255, 0]  # hidden under full transparency
     Image.fromarray(rgba, "RGBA").save(tmp_path / "hidden.png")
     with pytest.raises(JobError, match="--alpha must be one of drop, composite"):
-        IndexJob(inputs=[str(tmp_path)], output=str(tmp_path / "x"), alpha="white", **TINY).validate()
+        EmbedJob(inputs=[str(tmp_path)], output=str(tmp_path / "x"), alpha="white", **TINY).validate()
     result = CliRunner().invoke(cli, [
         "index", str(tmp_path / "hidden.png"), "--output", str(tmp_path / "o"), "--random-weights", "--alpha",
         "composite", "--encoder-config", TINY_ENCODER, "--detector-config", TINY_DETECTOR, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "o" / "run.json").read_text())
     assert report["flags"]["alpha"] == "composite" and report["detector"].endswith("+alpha-composite")
-    job = IndexJob(inputs=[str(tmp_path / "hidden.png")], output=str(tmp_path / "y"), **TINY)
+    job = EmbedJob(inputs=[str(tmp_path / "hidden.png")], output=str(tmp_path / "y"), **TINY)
     models = prepare_models(job)
     extractor, encoder = models.detector.load(), models.encoder.load()
     data = (tmp_path / "hidden.png").read_bytes()

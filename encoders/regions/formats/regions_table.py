@@ -3,8 +3,9 @@
 Written by ``ldot regions`` and by the indexing pipeline with ``--keep-regions``; read back by
 :func:`encoders.regions.formats.read_regions`. ``features`` and ``soft_labels`` are flattened row-major and
 stored as fp16 (as UNITER stores them); ``num_boxes`` gives the row count, the feature size is
-``len(features) / num_boxes``. ``attr_ids`` / ``attr_conf`` (optional, version 2): each region's attribute in the original Caffe order (see
-:class:`encoders.regions.Regions`); files without them (version 1) read the same, with no attributes.
+``len(features) / num_boxes``. ``attr_ids`` / ``attr_conf`` (optional, version 2): each region's attribute in
+the original Caffe order (see :class:`encoders.regions.Regions`); files without them (version 1) read the same,
+with no attributes.
 """
 
 from __future__ import annotations
