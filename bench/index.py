@@ -1,4 +1,4 @@
-"""Index build benchmark: ``index.build.build_index`` vs autofaiss, same data, same memory budget, same run.
+"""Index build benchmark: ``pipeline.build_index_job.build_index`` vs autofaiss: same data and memory budget, one run.
 
     python -m bench.index --n 1000000 --dim 768 --max-memory 100B/vector   (or an absolute size like 256M)
 
@@ -32,10 +32,9 @@ K = 10
 
 def generate(out: Path, n: int, d: int, n_queries: int, seed: int, chunk: int = 100_000) -> None:
     """Write Parquet + npy parts and queries/ground truth, chunk by chunk (never the whole set in memory)."""
+    import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from index.build import merge_topk
 
     rng = np.random.default_rng(seed)
     latent = 64
@@ -49,13 +48,13 @@ def generate(out: Path, n: int, d: int, n_queries: int, seed: int, chunk: int = 
     queries = draw(n_queries, np.random.default_rng(seed + 1))
     (out / "parquet").mkdir(parents=True)
     (out / "npy").mkdir()
-    best = (np.full((n_queries, K), -np.inf, np.float32), np.full((n_queries, K), -1, np.int64))
+    best = faiss.ResultHeap(n_queries, K, keep_max=True)  # exact inner-product top-K, chunk by chunk
     for part, start in enumerate(range(0, n, chunk)):
         m = min(chunk, n - start)
         x = draw(m, np.random.default_rng([seed, part]))
-        rows = np.arange(start, start + m, dtype=np.int64)
-        best = merge_topk([best, (queries @ x.T, np.broadcast_to(rows, (n_queries, m)))], K)
-        ids = [f"img-{i:09d}" for i in rows]
+        scores, rows = faiss.knn(queries, x, K, faiss.METRIC_INNER_PRODUCT)
+        best.add_result(scores, rows + start)
+        ids = [f"img-{i:09d}" for i in range(start, start + m)]
         table = pa.table({
             "image_id": ids, "uri": [f"bench://{i}" for i in ids], "content_sha256": [""] * m,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d),
@@ -64,8 +63,9 @@ def generate(out: Path, n: int, d: int, n_queries: int, seed: int, chunk: int = 
         pq.write_table(table, out / "parquet" / f"part-{part:05d}.parquet", row_group_size=25_000)
         np.save(out / "npy" / f"part-{part:05d}.npy", x)
         del x, table
+    best.finalize()
     np.save(out / "queries.npy", queries)
-    np.save(out / "truth.npy", best[1])
+    np.save(out / "truth.npy", best.I)
 
 
 def latency(search, queries: np.ndarray) -> tuple[float, float]:
@@ -90,12 +90,13 @@ def peak_rss_mb() -> float:
 
 
 def run_ours(data: Path, work: Path, max_memory: str, shards: int | None) -> dict:
-    from index.build import build_index
     from index.search import SearchIndex
+    from index.settings import BuildSettings
+    from pipeline.build_index_job import build_index
 
     root = str(work / "ours")
     t0 = time.time()
-    result = build_index([str(data / "parquet")], root, max_memory=max_memory, shards=shards,
+    result = build_index([str(data / "parquet")], root, BuildSettings(max_memory=max_memory, shards=shards),
                          beam_args=["--runner=FnApiRunner"], echo=lambda m: print(m, file=sys.stderr, flush=True))
     build_s = time.time() - t0
     peak = peak_rss_mb()

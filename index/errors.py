@@ -25,6 +25,10 @@ class DuplicateImageIdError(IndexError_, UsageError):
     """The same ``image_id`` appears in more than one row."""
 
 
+class SettingsError(IndexError_, UsageError):
+    """A build setting is out of range or malformed (shards, memory budget, recall targets, ...)."""
+
+
 class FactoryError(IndexError_, UsageError):
     """No factory fits the request (memory budget too small, unsupported factory string, ...)."""
 

@@ -11,7 +11,8 @@
    sub-quantizer spans ≥ 8 dimensions, where a learned rotation that balances variance across sub-spaces pays off.
 
 Memory is the serving footprint of the whole index (all shards): codes + 8-byte ids per vector + coarse centroids
-+ PQ/OPQ tables. The reasoning is returned as lines, printed by the CLI and stored in the manifest.
++ PQ/OPQ tables; code sizes come from ``faiss.contrib.factory_tools.get_code_size``. The reasoning is returned as
+lines, printed by the CLI and stored in the manifest.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ class FactoryChoice:
         return dataclasses.asdict(self)
 
 
+def code_size(d: int, factory: str) -> int:
+    """Bytes of one vector's code (ids not counted), by FAISS's own ``get_code_size``. It does not parse the
+    ``IDMap,`` wrapper or the ``np`` suffix (no polysemous training), neither of which changes the code."""
+    from faiss.contrib.factory_tools import get_code_size
+
+    key = re.sub(r"^IDMap2?,", "", factory.strip())
+    key = re.sub(r"(PQ\d+(?:x\d+)?)np$", r"\1", key)
+    return int(get_code_size(d, key))
+
+
 def nlist_for(n: int) -> int:
     if n < 2 * MIN_POINTS_PER_LIST:
         return 1
@@ -87,7 +98,7 @@ def choose_factory(n: int, d: int, max_memory: int | str | None = DEFAULT_MAX_ME
     budget = parse_memory(max_memory) if max_memory is not None else None
     cap = budget if budget is not None else float("inf")
     why: list[str] = []
-    raw_per_vec = 4 * d + ID_BYTES
+    raw_per_vec = code_size(d, "Flat") + ID_BYTES
     bstr = fmt_bytes(budget) if budget is not None else "unlimited"
     why.append(f"{n:,} vectors of dim {d}, memory budget {bstr}; raw float32 + ids = {fmt_bytes(n * raw_per_vec)}")
 
@@ -113,7 +124,7 @@ def choose_factory(n: int, d: int, max_memory: int | str | None = DEFAULT_MAX_ME
         return FactoryChoice(f"{ivf},Flat", "ivf-flat", nlist, None, False, quantizer, est, raw_per_vec, train, why)
     why.append(f"IVF-Flat needs {fmt_bytes(est)} > budget")
 
-    sq_per_vec = d + ID_BYTES
+    sq_per_vec = code_size(d, "SQ8") + ID_BYTES
     est = n * sq_per_vec + centroid_bytes + 2 * d * 4
     if est <= cap:
         why.append(f"IVF-SQ8 fits ({fmt_bytes(est)}): 1 byte per dimension, recall close to IVF-Flat")
@@ -126,18 +137,19 @@ def choose_factory(n: int, d: int, max_memory: int | str | None = DEFAULT_MAX_ME
             continue  # sub-vectors of < 2 dims: SQ8 is better and did not fit either
         opq = d // m >= 8
         fixed = centroid_bytes + 256 * d * 4 + (d * d * 4 if opq else 0)
-        est = n * (m + ID_BYTES) + fixed
+        pq_per_vec = code_size(d, f"PQ{m}") + ID_BYTES
+        est = n * pq_per_vec + fixed
         if est <= cap:
-            why.append(f"IVF-PQ: largest code that fits is PQ{m} ({m} B/vector + {ID_BYTES} B id, "
+            why.append(f"IVF-PQ: largest code that fits is PQ{m} ({pq_per_vec - ID_BYTES} B/vector + {ID_BYTES} B id, "
                        f"{fmt_bytes(est)} total); " + (
                            f"OPQ rotation since each sub-quantizer spans {d // m} dims" if opq else
                            f"no OPQ: sub-vectors of {d // m} dims are already fine-grained") + "; 8-bit codes")
             # "np": no polysemous training (it only serves Hamming pre-filtering, which we do not use, and costs
             # minutes of simulated annealing at build time)
             factory = f"OPQ{m},{ivf},PQ{m}np" if opq else f"{ivf},PQ{m}np"
-            return FactoryChoice(factory, "ivf-pq", nlist, m, opq, quantizer, est, m + ID_BYTES, train, why)
+            return FactoryChoice(factory, "ivf-pq", nlist, m, opq, quantizer, est, pq_per_vec, train, why)
     smallest = min(m for m in _divisors_desc(d))
-    need = n * (smallest + ID_BYTES) + centroid_bytes
+    need = n * (code_size(d, f"PQ{smallest}") + ID_BYTES) + centroid_bytes
     raise FactoryError(f"memory budget {bstr} is too small for {n:,} vectors of dim {d}: even PQ{smallest} needs "
                        f"about {fmt_bytes(need)}. Raise --max-memory or shard across machines.")
 
@@ -160,7 +172,11 @@ def describe_factory(factory: str, n: int, d: int, train_per_list: int = 64) -> 
     else:
         train = 0 if key.endswith(",Flat") else min(n, PQ_MIN_TRAIN * 4)
         kind = "flat" if key.endswith(",Flat") else "other"
-    per_vec = (pq_m + ID_BYTES) if pq_m else (d + ID_BYTES) if "SQ8" in key else (4 * d + ID_BYTES)
+    why = [f"factory {factory!r} given by the user; train on {train:,} vectors"]
+    try:
+        per_vec = code_size(d, key) + ID_BYTES
+    except RuntimeError:  # a factory FAISS builds but get_code_size cannot parse: estimate raw vectors
+        per_vec = code_size(d, "Flat") + ID_BYTES
+        why.append(f"code size of {factory!r} unknown to faiss.contrib.factory_tools: memory estimated as raw float32")
     quantizer = "hnsw32" if "_HNSW" in key else "flat" if nlist else None
-    return FactoryChoice(key, kind, nlist, pq_m, opq, quantizer, int(n * per_vec), per_vec, train,
-                         [f"factory {factory!r} given by the user; train on {train:,} vectors"])
+    return FactoryChoice(key, kind, nlist, pq_m, opq, quantizer, int(n * per_vec), per_vec, train, why)

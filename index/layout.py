@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable, Collection
 from typing import Any
 
 from index import storage
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 MANIFEST = "manifest.json"
+FORMAT = "ldot-index/1"  # the manifest's "format": which layout (this module's) a version was written in
+STALE_INCOMPLETE_S = 24 * 3600.0  # an incomplete version this old is an abandoned build, not a running one
 _VERSION_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-[0-9a-f]{4,}$")
 _TS_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
@@ -106,34 +109,46 @@ def publish(root: str, version: str, *, keep_versions: int | None = None) -> Non
         apply_retention(root, keep_versions)
 
 
-def apply_retention(root: str, keep: int, *, incomplete_older_than_s: float | None = 24 * 3600.0,
-                    protect: tuple[str, ...] = ()) -> list[str]:
-    """Delete complete versions beyond the newest ``keep`` (the live one and ``protect`` are always kept), and
-    incomplete versions older than ``incomplete_older_than_s`` (None: never; 0: all that are not protected — only
-    safe when no build can be running, e.g. under the nightly job's lock). Returns the deleted version names."""
+def delete_version(root: str, version: str) -> None:
+    """Manifest first: a deletion cut short leaves an incomplete version, which nothing reads or publishes."""
+    if read_current(root) == version:
+        raise ValueError(f"refusing to delete the live version {version} of {root}")
+    storage.rm(manifest_url(root, version), recursive=False)
+    storage.rm(version_dir(root, version))
+
+
+def apply_retention(root: str, keep: int, *, protect: Collection[str] = (), abandoned: Collection[str] = (),
+                    incomplete_older_than_s: float | None = STALE_INCOMPLETE_S,
+                    on_delete: Callable[[str], None] | None = None) -> list[str]:
+    """Delete old versions; returns the deleted names, oldest first. Never deleted: the live version (re-read
+    before each deletion, so one that became live meanwhile stays), ``protect`` (versions a caller still needs),
+    the newest ``keep`` complete versions, and incomplete versions younger than ``incomplete_older_than_s`` or
+    with a name that carries no time (another build may still be writing them).
+
+    Deleted: older complete versions; incomplete ones listed in ``abandoned`` (known dead, e.g. started by a
+    nightly run that was killed: under its lock none can be running) at any age; other incomplete ones older than
+    ``incomplete_older_than_s`` (None: never; 0: all). ``on_delete`` is called after each deletion."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    live = read_current(root)
     versions = list_versions(root)
     complete = [v for v in versions if is_complete(root, v)]
-    keep_set = set(complete[-keep:]) | set(protect)
-    if live:
-        keep_set.add(live)
-    deleted = []
+    live = read_current(root)
+    keep_set = set(complete[-keep:]) | set(protect) | ({live} if live else set())
     now = dt.datetime.now(dt.UTC)
+    deleted = []
     for v in versions:
         if v in keep_set:
             continue
-        if v in complete:
-            doomed = True
-        else:
+        if v not in complete and v not in abandoned:
             created = version_time(v)
-            doomed = (incomplete_older_than_s is not None and created is not None
-                      and (now - created).total_seconds() >= incomplete_older_than_s)
-        if doomed and read_current(root) != v:  # re-check: never delete what became live meanwhile
-            if v in complete:  # manifest first: a deletion killed halfway leaves an incomplete version
-                storage.rm(manifest_url(root, v), recursive=False)
-            storage.rm(version_dir(root, v))
-            deleted.append(v)
-            log.info("retention: deleted version %s of %s", v, root)
+            if (incomplete_older_than_s is None or created is None
+                    or (now - created).total_seconds() < incomplete_older_than_s):
+                continue
+        if read_current(root) == v:
+            continue
+        delete_version(root, v)
+        deleted.append(v)
+        log.info("retention: deleted version %s of %s", v, root)
+        if on_delete is not None:
+            on_delete(v)
     return deleted

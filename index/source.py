@@ -46,7 +46,7 @@ class WorkUnit:
     rows: int
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
+def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
     """Files, directories (``*.parquet`` inside, recursively) and globs -> sorted, de-duplicated URLs."""
     return parquet_files(inputs, missing=EmbeddingsError)
 
@@ -161,28 +161,34 @@ def iter_unit_batches(unit: WorkUnit, columns: Sequence[str], batch_size: int = 
     yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns))
 
 
-def vectors(column: pa.Array | pa.ChunkedArray, dim: int, where: str = "") -> np.ndarray:
-    """A list<float> / fixed_size_list<float> column -> contiguous float32 [n, dim]."""
+def vectors(column: pa.Array | pa.ChunkedArray, dim: int | None = None, where: str = "") -> np.ndarray:
+    """A list<float> / fixed_size_list<float> column -> contiguous float32 [n, dim]; every row must have ``dim``
+    values (None: whatever length they all share). Nulls, ragged rows, NaN and inf are refused, naming ``where``."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     n = len(column)
     if column.null_count:
         raise EmbeddingsError(f"{where}: {column.null_count} row(s) with a null embedding")
     if pa.types.is_fixed_size_list(column.type):
-        if column.type.list_size != dim:
+        if dim is not None and column.type.list_size != dim:
             raise EmbeddingsError(f"{where}: embedding dim {column.type.list_size}, expected {dim}")
-        flat = column.flatten()
-    else:
+        dim = column.type.list_size
+    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         lengths = pc.list_value_length(column)
-        if n and (pc.min(lengths).as_py() != dim or pc.max(lengths).as_py() != dim):
-            raise EmbeddingsError(f"{where}: embedding lengths {pc.min(lengths)}..{pc.max(lengths)}, expected {dim}")
-        flat = column.flatten()
+        low, high = (pc.min(lengths).as_py(), pc.max(lengths).as_py()) if n else (dim or 0, dim or 0)
+        if low != high or (dim is not None and low != dim):
+            expected = f", expected {dim}" if dim is not None else ""
+            raise EmbeddingsError(f"{where}: embedding lengths {low}..{high}{expected}")
+        dim = low
+    else:
+        raise EmbeddingsError(f"{where}: column 'embedding' must be a list of float32, got {column.type}")
+    flat = column.flatten()
     if flat.null_count:
         raise EmbeddingsError(f"{where}: embeddings contain null elements")
-    arr = flat.to_numpy(zero_copy_only=False).reshape(n, dim)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(flat.to_numpy(zero_copy_only=False).reshape(n, dim), dtype=np.float32)
     if not np.isfinite(arr).all():
-        raise EmbeddingsError(f"{where}: embeddings contain NaN or inf")
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise EmbeddingsError(f"{where}: {bad} embedding(s) contain NaN or inf")
     return arr
 
 

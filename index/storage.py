@@ -144,6 +144,11 @@ def index_from_bytes(data: bytes, io_flags: int = 0) -> Any:
     return faiss.deserialize_index(arr, io_flags) if io_flags else faiss.deserialize_index(arr)
 
 
+def read_index(url: str, io_flags: int = 0) -> Any:
+    """Read and deserialise a FAISS index written by ``write_index``."""
+    return index_from_bytes(read_bytes(url), io_flags)
+
+
 def write_index(index: Any, url: str) -> tuple[str, int]:
     """Serialise and write an index atomically; returns (sha256, bytes)."""
     data = index_to_bytes(index)

@@ -1,4 +1,5 @@
-"""``ldot build-index``: embeddings Parquet -> a published version of a sharded FAISS index (see index.build)."""
+"""``ldot build-index``: embeddings Parquet -> a published version of a sharded FAISS index
+(see pipeline.build_index_job)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import click
 @click.option("--keep-versions", type=click.IntRange(min=1), default=3, show_default=True,
               help="Versions kept after publishing (the live one is never deleted).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training/query sample.")
-@click.option("--queries", "n_queries", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--queries", "selfcheck_queries", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Held-out queries for the recall self-check.")
 @click.option("--train-per-list", type=click.IntRange(min=1), default=64, show_default=True,
               help="Training vectors per IVF list (30-256 is the usual range).")
@@ -34,30 +35,20 @@ import click
               help="Rows per parallel work unit (row groups are never split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 @click.pass_context
-def build_index_cmd(ctx: click.Context, output: str, shards: int | None, factory: str,
-                    max_memory: str, nprobe: int | None, keep_versions: int, seed: int, n_queries: int,
-                    train_per_list: int, target_recall: float, min_recall: float | None, no_publish: bool,
-                    rows_per_unit: int, as_json: bool) -> None:
+def build_index_cmd(ctx: click.Context, output: str, no_publish: bool, as_json: bool, **settings: object) -> None:
     """Build sharded FAISS indexes from EMBEDDINGS (Parquet files, directories or globs) and publish them under
     OUTPUT/versions/<version>/, switching OUTPUT/CURRENT last. Unknown options are passed to Beam
     (default --runner=FnApiRunner)."""
-    from core.errors import LdotError
-    from index.build import build_index
+    from index.settings import BuildSettings
     from pipeline.beam_args import split_beam_args
+    from pipeline.build_index_job import build_index
 
     embeddings, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
     if not embeddings:
         raise click.UsageError("give at least one EMBEDDINGS input")
+    build = BuildSettings(publish=not no_publish, **settings)  # the flags are named after its fields
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    try:
-        result = build_index(embeddings, output, shards=shards, factory=factory, max_memory=max_memory,
-                             nprobe=nprobe, keep_versions=keep_versions, seed=seed, n_queries=n_queries,
-                             train_per_list=train_per_list, target_recall=target_recall, min_recall=min_recall,
-                             publish=not no_publish, beam_args=beam_args, rows_per_unit=rows_per_unit, echo=echo)
-    except ValueError as e:  # e.g. a malformed --max-memory; project errors carry their own exit code
-        if isinstance(e, LdotError):
-            raise
-        raise click.UsageError(str(e)) from e
+    result = build_index(embeddings, output, build, beam_args=beam_args, echo=echo)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
     elif not result.published:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
-from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +14,9 @@ from click.testing import CliRunner
 
 from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
+from index.settings import BuildSettings
 from jobs.cli import main
+from pipeline.build_index_job import build_index
 
 WORDS = [
     "a", "an", "the", "dog", "cat", "man", "woman", "child", "bike", "ball", "red", "blue", "green", "big", "small",
@@ -148,41 +147,19 @@ def test_cli_missing_error_policy_and_bad_mapping(setup):
     assert result.exit_code != 0 and "none of the" in result.output
 
 
-@dataclass
-class _Result:
-    scores: np.ndarray
-    image_ids: list[list[str]]
-
-
-def test_cli_with_index_side_by_side(setup, tmp_path, monkeypatch):
-    """The ``--index`` path against the SearchIndex API (open(root, nprobe) -> .search(vectors, k)); a fake that
-    drops every second hit stands in for an ANN index, so the difference column has something to show."""
-    ids, vectors = setup.ids, setup.vectors
-
-    class FakeIndex:
-        manifest: ClassVar[dict] = {"factory": "IVF4,PQ8", "nprobe": 2, "version": "v1",
-                                    "count": len(ids), "model": setup.model.fingerprint}
-
-        @classmethod
-        def open(cls, root, nprobe=None):
-            assert root == "mem://index"
-            return cls()
-
-        def search(self, q, k):
-            order = np.argsort(-(q @ vectors.T), axis=1, kind="stable")[:, :k]
-            hits = [[ids[j] for j in row] for row in order]
-            hits = [h if n % 2 == 0 else [*h[1:], "x"] for n, h in enumerate(hits)]  # degrade odd queries
-            return _Result(np.zeros((len(q), k), np.float32), hits)
-
-    module = types.ModuleType("index.search")
-    module.SearchIndex = FakeIndex
-    monkeypatch.setitem(sys.modules, "index.search", module)
+def test_cli_with_index_side_by_side(setup, tmp_path):
+    """The ``--index`` path through a real approximate index over the same 23 embeddings: IVF-PQ with 4-byte codes
+    (PQ8x4) loses some true first hits to quantization, so the difference column has something to show. Every row
+    trains the quantizers (no held-out queries: 23 rows are barely enough for 16 centroids per sub-quantizer)."""
+    root = str(tmp_path / "index")
+    build_index([setup.emb], root, BuildSettings(factory="IVF2,PQ8x4", nprobe=2, selfcheck_queries=0),
+                beam_args=["--runner=FnApiRunner"])
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    result = run_eval(setup, "--captions", setup.karpathy, "--index", "mem://index", "--json", str(out_json),
+    result = run_eval(setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json),
                       "--plot", str(out_png), "--gallery", "all")
     rep = json.loads(out_json.read_text())
     idx = rep["index"]
-    assert idx["factory"] == "IVF4,PQ8" and idx["nprobe"] == 2 and idx["vectors"] == 23
+    assert idx["factory"] == "IVF2,PQ8x4" and idx["nprobe"] == 2 and idx["vectors"] == 23
     exact = rep["exact"]["text_to_image"]["recall"]
     for k in ("1", "5", "10"):
         assert idx["difference"][k] == pytest.approx(idx["text_to_image"]["recall"][k] - exact[k])
@@ -194,11 +171,8 @@ def test_cli_with_index_side_by_side(setup, tmp_path, monkeypatch):
 def test_cli_with_a_built_flat_index_matches_exact(setup, tmp_path):
     """A real index (``ldot build-index`` code, auto factory = Flat for 23 vectors): the ANN column equals exact
     search over the same embeddings, difference 0."""
-    pytest.importorskip("apache_beam")
-    from index.build import build_index
-
     root = str(tmp_path / "index")
-    build_index([setup.emb], root, shards=2, beam_args=["--runner=FnApiRunner"], n_queries=10)
+    build_index([setup.emb], root, BuildSettings(shards=2, selfcheck_queries=10), beam_args=["--runner=FnApiRunner"])
     out_json = tmp_path / "r.json"
     run_eval(setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json))
     rep = json.loads(out_json.read_text())

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from index import layout
-from index.build import build_index, recall_at_k
 from index.errors import (
     DuplicateImageIdError,
     EmbeddingsError,
@@ -26,7 +25,10 @@ from index.errors import (
 from index.factory import choose_factory, parse_memory
 from index.ids import check_unique, faiss_id, faiss_ids, shard_of
 from index.search import SearchIndex
+from index.selfcheck import recall_at_k
+from index.settings import BuildSettings
 from index.train import draw_rows
+from pipeline.build_index_job import build_index
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -140,7 +142,8 @@ def test_flat_build_equals_numpy_topk_exactly(tmp_path):
     ids1 = write_embeddings(tmp_path / "emb" / "part-0.parquet", x1, 0, fixed=True)
     ids2 = write_embeddings(tmp_path / "emb" / "part-1.parquet", x2, 1200, fixed=False)  # list<float32> accepted
     root = str(tmp_path / "root")
-    result = build_index([str(tmp_path / "emb")], root, shards=3, beam_args=BEAM, n_queries=50, rows_per_unit=600)
+    result = build_index([str(tmp_path / "emb")], root,
+                         BuildSettings(shards=3, selfcheck_queries=50, rows_per_unit=600), beam_args=BEAM)
     m = result.manifest
     assert result.published and layout.read_current(root) == result.version
     assert m["factory"] == "IDMap,Flat" and m["dim"] == D and m["metric"] == "inner_product"
@@ -169,8 +172,10 @@ def test_ids_and_shards_stable_across_rebuilds(tmp_path):
     x = np.random.default_rng(1).standard_normal((900, D)).astype(np.float32)
     ids = write_embeddings(tmp_path / "emb.parquet", x, row_group_size=200)
     root = str(tmp_path / "root")
-    a = build_index(str(tmp_path / "emb.parquet"), root, shards=4, beam_args=BEAM, n_queries=20, rows_per_unit=400)
-    b = build_index(str(tmp_path / "emb.parquet"), root, shards=4, beam_args=BEAM, n_queries=20, rows_per_unit=200)
+    a = build_index(str(tmp_path / "emb.parquet"), root,
+                    BuildSettings(shards=4, selfcheck_queries=20, rows_per_unit=400), beam_args=BEAM)
+    b = build_index(str(tmp_path / "emb.parquet"), root,
+                    BuildSettings(shards=4, selfcheck_queries=20, rows_per_unit=200), beam_args=BEAM)
     assert a.version != b.version
     for sa, sb in zip(a.manifest["shards"], b.manifest["shards"], strict=True):
         assert sa["count"] == sb["count"] and sa["idmap"]["sha256"] == sb["idmap"]["sha256"]
@@ -188,19 +193,19 @@ def test_duplicate_ids_and_mixed_models_are_refused(tmp_path, monkeypatch):
     write_embeddings(tmp_path / "dup.parquet", x, ids=dup)
     root = str(tmp_path / "root")
     with pytest.raises(DuplicateImageIdError, match="img-7"):
-        build_index(str(tmp_path / "dup.parquet"), root, shards=2, beam_args=BEAM, n_queries=10)
+        build_index(str(tmp_path / "dup.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10), beam_args=BEAM)
     assert layout.read_current(root) is None and layout.list_versions(root) == []
 
     # a genuine 63-bit collision cannot be found by brute force in a test: force one through the hash
-    import index.build
+    import index.shards
 
-    real = index.build.faiss_ids
-    monkeypatch.setattr(index.build, "faiss_ids",
+    real = index.shards.faiss_ids
+    monkeypatch.setattr(index.shards, "faiss_ids",
                         lambda names: np.array([123 if n in ("img-000001", "img-000002") else v
                                                 for n, v in zip(names, real(names), strict=True)], np.int64))
     write_embeddings(tmp_path / "ok.parquet", x)
     with pytest.raises(IdCollisionError, match="img-000001"):
-        build_index(str(tmp_path / "ok.parquet"), root, shards=2, beam_args=BEAM, n_queries=10)
+        build_index(str(tmp_path / "ok.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10), beam_args=BEAM)
     monkeypatch.undo()
 
     write_embeddings(tmp_path / "mixed" / "a.parquet", x[:100], 0, model="ldot-a")
@@ -217,7 +222,7 @@ def test_tampered_or_missing_shard_is_refused(tmp_path):
     root = str(tmp_path / "root")
     with pytest.raises(NoLiveVersionError):
         SearchIndex.open(root)
-    r = build_index(str(tmp_path / "emb.parquet"), root, shards=2, beam_args=BEAM, n_queries=10)
+    r = build_index(str(tmp_path / "emb.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10), beam_args=BEAM)
     SearchIndex.open(root)
     shard = Path(r.path) / r.manifest["shards"][1]["path"]
     data = bytearray(shard.read_bytes())
@@ -240,8 +245,9 @@ def test_ivfpq_on_clustered_data_meets_its_recorded_recall_and_floor_guard(tmp_p
     write_embeddings(tmp_path / "emb.parquet", x, row_group_size=2000)
     root = str(tmp_path / "root")
     with pytest.raises(RecallBelowFloorError) as info:  # PQ cannot reach recall 0.999: built, not published
-        build_index(str(tmp_path / "emb.parquet"), root, shards=2, factory="IVF64,PQ48np", min_recall=0.999,
-                    beam_args=BEAM, n_queries=200, rows_per_unit=4000, target_recall=0.9)
+        build_index(str(tmp_path / "emb.parquet"), root,
+                    BuildSettings(shards=2, factory="IVF64,PQ48np", min_recall=0.999, selfcheck_queries=200,
+                                  rows_per_unit=4000, target_recall=0.9), beam_args=BEAM)
     err = info.value
     assert layout.read_current(root) is None and layout.is_complete(root, err.version)
     m = err.manifest
@@ -275,8 +281,9 @@ def test_build_without_publish_then_publish(tmp_path):
     x = np.random.default_rng(5).standard_normal((300, 32)).astype(np.float32)
     write_embeddings(tmp_path / "emb.parquet", x)
     root = str(tmp_path / "root")
-    first = build_index(str(tmp_path / "emb.parquet"), root, beam_args=BEAM, n_queries=10)
-    second = build_index(str(tmp_path / "emb.parquet"), root, beam_args=BEAM, n_queries=10, publish=False)
+    first = build_index(str(tmp_path / "emb.parquet"), root, BuildSettings(selfcheck_queries=10), beam_args=BEAM)
+    second = build_index(str(tmp_path / "emb.parquet"), root, BuildSettings(selfcheck_queries=10, publish=False),
+                         beam_args=BEAM)
     assert not second.published and layout.read_current(root) == first.version
     assert json.loads((Path(second.path) / "manifest.json").read_text())["version"] == second.version
     assert SearchIndex.open(root, version=second.version).version == second.version

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from index import layout, storage
-from index.build import build_index
 from index.search import SearchIndex
+from index.settings import BuildSettings
+from pipeline.build_index_job import build_index
 from tests.test_index import BEAM, numpy_topk, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -31,7 +32,8 @@ def test_concurrent_reader_sees_old_or_new_never_a_mix(tmp_path):
         top, _ = numpy_topk(q, x, 5)
         expected[f"model-{name}"] = (len(x), np.array(ids)[top].tolist())
     root = str(tmp_path / "root")
-    build_index(str(tmp_path / "A"), root, shards=2, beam_args=BEAM, n_queries=10, keep_versions=1)
+    build_index(str(tmp_path / "A"), root, BuildSettings(shards=2, selfcheck_queries=10, keep_versions=1),
+                beam_args=BEAM)
 
     stop = threading.Event()
     seen: list[str] = []
@@ -55,8 +57,9 @@ def test_concurrent_reader_sees_old_or_new_never_a_mix(tmp_path):
     published = []
     try:
         for name in ("B", "A", "B"):  # keep_versions=1: each publish deletes the previous live version
-            published.append(build_index(str(tmp_path / name), root, shards=3, beam_args=BEAM, n_queries=10,
-                                         keep_versions=1).version)
+            published.append(build_index(str(tmp_path / name), root,
+                                         BuildSettings(shards=3, selfcheck_queries=10, keep_versions=1),
+                                         beam_args=BEAM).version)
     finally:
         stop.set()
         for t in threads:
@@ -122,9 +125,10 @@ def test_object_store_root_via_fsspec(tmp_path):
     names = write_embeddings(tmp_path / "emb.parquet", x)
     root = "memory://ldot-test-index"
     try:
-        first = build_index(str(tmp_path / "emb.parquet"), root, shards=2, beam_args=BEAM, n_queries=10)
-        second = build_index(str(tmp_path / "emb.parquet"), root, shards=2, beam_args=BEAM, n_queries=10,
-                             keep_versions=1)
+        first = build_index(str(tmp_path / "emb.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10),
+                            beam_args=BEAM)
+        second = build_index(str(tmp_path / "emb.parquet"), root,
+                             BuildSettings(shards=2, selfcheck_queries=10, keep_versions=1), beam_args=BEAM)
         assert layout.read_current(root) == second.version and layout.list_versions(root) == [second.version]
         assert first.version != second.version
         idx = SearchIndex.open(root)
