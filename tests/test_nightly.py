@@ -17,21 +17,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from core.errors import EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GUARD, EXIT_USAGE
 from index import layout
 from pipeline import nightly
-from pipeline.nightly import (
-    CRASH_ENV,
-    EXIT_CONFIG,
-    EXIT_FAILURE_GUARD,
-    EXIT_LOCKED,
-    EXIT_OK,
-    EXIT_RECALL_GUARD,
-    NightlyConfig,
-    RunLock,
-    WorkDir,
-    base_snapshot,
-    run_nightly,
-)
+from pipeline.nightly import CRASH_ENV, NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
 from tests.pipeline_helpers import DEMO_IMAGES, TINY_DETECTOR, TINY_ENCODER
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,7 +193,7 @@ def test_retention_never_deletes_the_live_version(state):
     manifest = json.loads(Path(layout.manifest_url(index_root, refused)).read_text())
     manifest["version"] = refused
     Path(layout.manifest_url(index_root, refused)).write_text(json.dumps(manifest))
-    deleted = nightly.version_retention(index_root, 1, set(), set())
+    deleted = layout.apply_retention(index_root, 1)
     assert deleted == [] and layout.list_versions(index_root) == [v1, refused] and live(root) == v1
 
 
@@ -227,22 +216,27 @@ def test_failure_rate_guard_keeps_the_live_index(state):
     assert base_snapshot(snaps) == v1  # the next run carries from the last snapshot that passed
 
 
-def test_recall_guard_keeps_the_live_index_and_never_publishes_the_refused_version(state, monkeypatch):
-    import index.build
-
+def test_recall_guard_keeps_the_live_index_and_never_publishes_the_refused_version(state):
+    """A real build whose self-check falls below the floor. PCA to one (centred) dimension puts the two training
+    vectors into two IVF lists by sign, so probing one list (nprobe 1) cannot return all 4 vectors, which are all
+    true neighbours at recall@10: recall <= 3/4."""
     root = state
     v1 = live(root)
     put(root, "retina.jpg")
-    monkeypatch.setattr(index.build, "recall_at_k", lambda *a, **k: 0.5)
-    code, r = run(root, min_recall=0.9)
+    coarse = dict(factory="PCA1,IVF2,Flat", nprobe=1, min_recall=0.9)
+    code, r = run(root, **coarse)
     assert code == EXIT_RECALL_GUARD and r["status"] == "rejected" and not r["published"], r
-    assert r["recall"] == 0.5 and "below min_recall 0.9" in r["reason"]
     refused = r["version"]
+    manifest = layout.read_manifest(str(root / "index"), refused)
+    assert r["recall"] == manifest["selfcheck"]["recall_at_k"] < 0.9 and "below min_recall 0.9" in r["reason"]
     assert live(root) == v1 and layout.is_complete(str(root / "index"), refused)
 
     # nothing changed since, but the refused version is not published: a new one is built and checked
-    monkeypatch.undo()
-    code, r = run(root, min_recall=0.9)
+    code, r = run(root, **coarse)
+    assert code == EXIT_RECALL_GUARD and r["version"] != refused and not r.get("reused_version"), r
+    assert live(root) == v1
+
+    code, r = run(root, min_recall=0.9)  # exact search: recall 1.0
     assert code == EXIT_OK and r["published"] and r["version"] != refused and not r.get("reused_version"), r
     assert live(root) == r["version"] and r["recall"] == 1.0
 
@@ -271,7 +265,7 @@ def test_lock_held_exits_at_once_and_kill_never_leaves_a_stale_lock(tmp_path):
 
 
 def test_flags_override_the_config_file_and_paths_are_relative_to_it(tmp_path, monkeypatch):
-    from jobs.nightly import nightly_cmd
+    from jobs.cli import main
 
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "n.yaml").write_text(yaml.safe_dump({
@@ -284,8 +278,8 @@ def test_flags_override_the_config_file_and_paths_are_relative_to_it(tmp_path, m
         return EXIT_OK, {"status": "published"}
 
     monkeypatch.setattr(nightly, "run_nightly", fake_run)
-    result = CliRunner().invoke(nightly_cmd, ["--config", str(tmp_path / "conf" / "n.yaml"), "--keep", "2",
-                                              "--factory", "IDMap,Flat", "--runner", "FnApiRunner"])
+    result = CliRunner().invoke(main, ["nightly", "--config", str(tmp_path / "conf" / "n.yaml"), "--keep", "2",
+                                       "--factory", "IDMap,Flat", "--runner", "FnApiRunner"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.inputs == [str(tmp_path / "conf" / "photos")] and cfg.work_dir == str(tmp_path / "conf" / "w")
@@ -294,8 +288,8 @@ def test_flags_override_the_config_file_and_paths_are_relative_to_it(tmp_path, m
     assert cfg.beam_args == ["--direct_num_workers=1", "--runner", "FnApiRunner"]  # a Beam flag's value stays its own
 
     (tmp_path / "conf" / "bad.yaml").write_text("inputs: [x]\nwork_dir: w\nindex_root: i\nkeeep: 3\n")
-    result = CliRunner().invoke(nightly_cmd, ["--config", str(tmp_path / "conf" / "bad.yaml")])
-    assert result.exit_code == EXIT_CONFIG and "unknown setting 'keeep'" in result.output
+    result = CliRunner().invoke(main, ["nightly", "--config", str(tmp_path / "conf" / "bad.yaml")])
+    assert result.exit_code == EXIT_USAGE and "unknown setting 'keeep'" in result.output
 
 
 # ---- crash safety: real processes killed at every stage -------------------------------------------------------------
