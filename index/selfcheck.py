@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 
 from index import storage
 from index.ids import faiss_ids
+from index.layout import version_dir
+from index.search import SearchIndex
 from index.settings import BuildSettings
 from index.source import WorkUnit, iter_unit_batches, vectors
 from index.train import metric_of
@@ -121,9 +123,6 @@ def run_selfcheck(root: str, manifest: dict[str, Any], staging: str, queries: np
                   query_image_ids: list[str], settings: BuildSettings) -> tuple[int | None, dict[str, Any]]:
     """Open the written version, tune nprobe (unless set) and measure recall@k on the held-out queries; write
     ``selfcheck.parquet`` into the version. Returns (nprobe to record, the manifest's "selfcheck" entry)."""
-    from index.layout import version_dir
-    from index.search import SearchIndex
-
     k, nprobe = SELFCHECK_K, settings.nprobe
     out: dict[str, Any] = {"k": k, "queries": len(queries), "target_recall": settings.target_recall,
                            "min_recall": settings.min_recall}

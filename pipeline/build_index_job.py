@@ -1,14 +1,16 @@
 """``build_index``: embeddings Parquet -> a published, self-checked, sharded FAISS index version.
 
-    scan footers (rows, dim, one model fingerprint)      driver, cheap
-    choose factory (auto: reasons printed + recorded)     driver                          index.factory
-    seeded random sample -> train ONE empty index         driver -> <version>/trained.index   index.train
-    Beam, per work unit (a run of row groups):            encode rows into per-shard partials;   transforms.index_shards
-                                                          exact top-k of the held-out queries
-    Beam, per shard (GroupByKey):                         merge the partials in unit order, check ids, write
-    self-check (driver): tune nprobe (if not given), recall@k vs exact on the held-out queries   index.selfcheck
-    manifest.json written last in the version; then (unless settings.publish is False) CURRENT -> version and
-    retention                                                                                    index.layout
+    step                                                           where it runs   code
+    scan footers (rows, dim, one model fingerprint)                driver          index.source
+    choose the factory (auto: reasons printed and recorded)        driver          index.factory
+    seeded random sample -> train ONE empty index (trained.index)  driver          index.train
+    per work unit: encode rows into per-shard partials, and the    Beam workers    transforms.index_shards,
+      exact top-k of the held-out queries                                          index.shards, index.selfcheck
+    per shard (GroupByKey): merge partials in unit order, check    Beam workers    transforms.index_shards,
+      ids, write the shard and its id map                                          index.shards
+    tune nprobe (unless given), recall@k vs exact                  driver          index.selfcheck
+    manifest.json last in the version; then (settings.publish)     driver          index.layout
+      CURRENT -> version, and retention
 
 ``ldot build-index`` and the nightly job both call ``build_index``; ``on_point`` lets a caller act at named
 points of the build (the nightly job's fault injection), see ``POINTS``.
