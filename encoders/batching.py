@@ -1,11 +1,11 @@
-"""Length bucketing: order items by length and cut batches that pad only to their own longest item.
+"""Length bucketing (order items by length, cut batches that pad only to their own longest item) and padding.
 
 A batch of 10-box images then costs a 11-token sequence, not 101, and results come back in input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -17,3 +17,22 @@ def length_buckets(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]
     order = np.argsort(np.asarray(lengths), kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def pad_regions(features: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
+                feature_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One [N_i, F] and one [N_i, 6|7] array per image -> zero-padded [B, N, F], [B, N, 6|7] float32 and [B]
+    counts, N = the largest N_i."""
+    if len(features) != len(boxes):
+        raise ValueError(f"{len(features)} feature arrays but {len(boxes)} box arrays")
+    counts = np.array([len(f) for f in features], dtype=np.int64)
+    width = int(counts.max()) if len(counts) else 0
+    box_dim = np.asarray(boxes[0]).shape[-1] if len(boxes) else 6
+    feats = np.zeros((len(features), width, feature_dim), dtype=np.float32)
+    bxs = np.zeros((len(features), width, box_dim), dtype=np.float32)
+    for i, (f, b) in enumerate(zip(features, boxes, strict=True)):
+        if len(b) != len(f):
+            raise ValueError(f"image {i}: {len(f)} feature rows but {len(b)} boxes")
+        feats[i, : len(f)] = np.asarray(f, dtype=np.float32)
+        bxs[i, : len(b)] = np.asarray(b, dtype=np.float32)
+    return feats, bxs, counts

@@ -115,7 +115,34 @@ class BertEmbeddings(nn.Module):
         return self.LayerNorm(embedded)
 
 
+class BertPooler(nn.Module):
+    """``pooler.dense`` + tanh on the first position: the readout of BERT's (and UNITER's) classification heads."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
 def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, N] 0/1 mask -> [B, 1, 1, N] additive mask: 0 where attended, a large negative on padding."""
     keep = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - keep) * torch.finfo(dtype).min
+
+
+def init_bert_weights(model: nn.Module, seed: int) -> nn.Module:
+    """BERT's initialisation, seeded: N(0, 0.02) for linear and embedding weights, zero biases, unit LayerNorms.
+    For explicit random models (smoke runs, tests, benchmarks); returns ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, nn.Linear | nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+    return model

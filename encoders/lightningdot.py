@@ -9,9 +9,7 @@ This is the stable Python API other stages and outside checks use::
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,15 @@ import numpy as np
 import torch
 
 from core.device import resolve_device
-from encoders.batching import length_buckets
-from encoders.checkpoint import CheckpointError, extract_state_dict, match_state_dict, read_checkpoint
+from encoders.batching import length_buckets, pad_regions
+from encoders.bert import init_bert_weights
+from encoders.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    match_state_dict,
+    read_checkpoint,
+    tensors_fingerprint,
+)
 from encoders.config import EncoderConfig
 from encoders.tokenizer import WordPieceTokenizer, find_vocab
 from encoders.towers import BiEncoder, add_box_area
@@ -91,17 +96,7 @@ class LightningDOT:
                dtype: str = "float32", vocab: str | None = None) -> LightningDOT:
         """Explicit random weights (BERT's N(0, 0.02) init) for smoke runs and tests; never silently."""
         cfg = EncoderConfig.load(config)
-        gen = torch.Generator().manual_seed(seed)
-        model = BiEncoder(cfg)
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, torch.nn.LayerNorm):
-                    module.weight.fill_(1.0)
-                    module.bias.zero_()
-                elif isinstance(module, torch.nn.Linear | torch.nn.Embedding):
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
+        model = init_bert_weights(BiEncoder(cfg), seed)
         return cls(model, cfg, device=device, dtype=dtype, source=f"random:seed={seed}", random_seed=seed, vocab=vocab)
 
     def save(self, path: str | Path) -> None:
@@ -118,16 +113,11 @@ class LightningDOT:
     def fingerprint(self) -> str:
         """sha256 of config + every tensor (name, shape, float32 bytes); stable across save/load and layouts."""
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
-                if name.endswith("mask_embedding.weight"):
-                    continue  # unused at inference; absent from some checkpoints
-                t = tensor.detach().to("cpu", torch.float32).contiguous()
-                h.update(name.encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.numpy().tobytes())
+            # mask_embedding: unused at inference; absent from some checkpoints
+            digest = tensors_fingerprint(self.config.to_dict(), self.model.state_dict(),
+                                         skip=lambda name: name.endswith("mask_embedding.weight"))
             prefix = "random-" if self.random_seed is not None else ""
-            self._fingerprint = f"ldot-{prefix}{h.hexdigest()[:16]}"
+            self._fingerprint = f"ldot-{prefix}{digest[:16]}"
         return self._fingerprint
 
     # ---- encoding -----------------------------------------------------------------------------------------
@@ -157,17 +147,9 @@ class LightningDOT:
 
     def encode_regions(self, features: list[ArrayLike], boxes: list[ArrayLike], batch_size: int = 64) -> np.ndarray:
         """Ragged convenience: one [N_i,F] and one [N_i,6|7] array per image -> [B, D]."""
-        if len(features) != len(boxes):
-            raise ValueError(f"{len(features)} feature arrays but {len(boxes)} box arrays")
         if not features:
             return np.empty((0, self.config.project_dim), dtype=np.float32)
-        counts = np.array([len(f) for f in features])
-        width, box_dim = int(counts.max()), np.asarray(boxes[0]).shape[-1]
-        feats = np.zeros((len(features), width, self.config.feature_dim), dtype=np.float32)
-        bxs = np.zeros((len(features), width, box_dim), dtype=np.float32)
-        for i, (f, b) in enumerate(zip(features, boxes, strict=True)):
-            feats[i, : len(f)] = np.asarray(f, dtype=np.float32)
-            bxs[i, : len(b)] = np.asarray(b, dtype=np.float32)
+        feats, bxs, counts = pad_regions(features, boxes, self.config.feature_dim)
         return self.encode_images(feats, bxs, counts, batch_size=batch_size)
 
     @torch.inference_mode()

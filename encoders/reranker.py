@@ -1,0 +1,271 @@
+"""UNITER's image-text retrieval model (``UniterForImageTextRetrieval``): the cross-encoder that re-ranks the top
+M of LightningDOT's dot-product search. Stable API::
+
+    r = UniterReranker.from_checkpoint(path, config=None, device="cpu", head="rank")
+    scores = r.score(input_ids, attention_mask, features, boxes, num_boxes)
+    #   row i of every argument is pair i: [P,L] int ([CLS] ... [SEP], zero-padded), [P,L] text mask,
+    #   [P,N,F] features (zero-padded), [P,N,6|7] boxes, [P] box counts  ->  [P] float32 raw logits
+
+One sequence per pair: its T text tokens (positions 0..T-1, token type 0) directly followed by its N regions
+(the LightningDOT image tower's region embedding, token type 1), padding only after both, as UNITER's gather
+index packs them; BERT layers; the BERT pooler (dense + tanh) on position 0; then a linear head:
+
+- ``head="rank"``: ``rank_output`` (the fine-tuned ranking head, UNITER's ``train_itm.py`` validation). A
+  pre-trained checkpoint has none: it is set to ``itm_output`` row 1, the "match" logit (UNITER's
+  ``init_output()``, the zero-shot score).
+- ``head="itm"``: ``itm_output`` row 1 even when ``rank_output`` exists. This reproduces the score files of
+  UNITER's ``inf_itm.py``: it calls ``init_output()`` when ``'rank_output' not in checkpoint``, a test on the
+  flat state dict's keys (``rank_output.weight`` ...) that is always true, so its published ``results.bin`` /
+  ``scores.json`` come from the ITM head.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.batching import length_buckets, pad_regions
+from encoders.bert import BertEmbeddings, BertEncoder, BertPooler, init_bert_weights
+from encoders.checkpoint import (
+    UNITER_IGNORABLE,
+    UNITER_OPTIONAL,
+    CheckpointError,
+    extract_uniter_state_dict,
+    match_state_dict,
+    read_checkpoint,
+    tensors_fingerprint,
+)
+from encoders.config import EncoderConfig
+from encoders.lightningdot import DTYPES, ArrayLike
+from encoders.tokenizer import WordPieceTokenizer, find_vocab
+from encoders.towers import ImageEmbeddings, add_box_area
+
+log = logging.getLogger(__name__)
+
+HEADS = ("rank", "itm")
+
+
+class UniterModel(nn.Module):
+    """``uniter``: text embeddings, region embeddings, BERT layers and pooler, under UNITER's names."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.img_embeddings = ImageEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        self.pooler = BertPooler(cfg)
+
+    def forward(self, input_ids: torch.Tensor, text_len: torch.Tensor, features: torch.Tensor,
+                boxes: torch.Tensor, num_boxes: torch.Tensor) -> torch.Tensor:
+        """[B,L] ids, [B] text lengths, [B,N,F] features, [B,N,7] boxes, [B] box counts -> pooled [B, H]."""
+        width_txt = input_ids.shape[1]
+        text = self.embeddings(input_ids)  # positions 0..L-1, token type 0
+        regions = self.img_embeddings(features, boxes, self.embeddings.token_type_embeddings.weight[1])
+        both = torch.cat([text, regions], dim=1)  # [B, L+N, H]: each pair's text, its padding, its regions
+        lengths = text_len + num_boxes
+        j = torch.arange(int(lengths.max()), device=input_ids.device)[None, :]
+        # pair i, slot j: text token j while j < T_i, then region j - T_i (UNITER's gather index); slots past
+        # T_i + N_i are padding (masked) and read any in-range row
+        gather = torch.where(j < text_len[:, None], j, width_txt + j - text_len[:, None])
+        gather = gather.clamp(max=both.shape[1] - 1)
+        packed = both.gather(1, gather[..., None].expand(-1, -1, both.shape[-1]))
+        mask = (j < lengths[:, None]).long()
+        return self.pooler(self.encoder(packed, mask))
+
+
+class UniterForRetrieval(nn.Module):
+    """The whole fine-tuned model: ``uniter`` + ``itm_output`` Linear(H, 2) + ``rank_output`` Linear(H, 1)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.uniter = UniterModel(cfg)
+        self.itm_output = nn.Linear(cfg.hidden_size, 2)
+        self.rank_output = nn.Linear(cfg.hidden_size, 1)
+
+    def init_output(self) -> None:
+        """``rank_output`` := ``itm_output`` row 1 (the "match" logit), as UNITER's ``init_output()``."""
+        with torch.no_grad():
+            self.rank_output.weight.copy_(self.itm_output.weight[1:])
+            self.rank_output.bias.copy_(self.itm_output.bias[1:])
+
+    def forward(self, input_ids: torch.Tensor, text_len: torch.Tensor, features: torch.Tensor,
+                boxes: torch.Tensor, num_boxes: torch.Tensor, head: str = "rank") -> torch.Tensor:
+        pooled = self.uniter(input_ids, text_len, features, boxes, num_boxes)
+        if head == "itm":  # row 1 of itm_output: the "match" logit
+            return nn.functional.linear(pooled, self.itm_output.weight[1:], self.itm_output.bias[1:])[:, 0]
+        return self.rank_output(pooled)[:, 0]
+
+
+class UniterReranker:
+    """A UNITER retrieval model in eval mode on one device; scores (text, image) pairs in length buckets."""
+
+    def __init__(self, model: UniterForRetrieval, config: EncoderConfig, *, head: str = "rank", device: str = "cpu",
+                 dtype: str = "float32", source: str = "", zero_shot: bool = False, random_seed: int | None = None,
+                 vocab: str | None = None) -> None:
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.config = config
+        self.head = head
+        self.zero_shot = zero_shot  # the checkpoint had no rank_output: "rank" scores with itm_output row 1
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.source = source
+        self.random_seed = random_seed
+        self.vocab = vocab
+        self.model = model.eval().to(self.device, self.dtype)
+        self._fingerprint: str | None = None
+        self._tokenizer: WordPieceTokenizer | None = None
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: str | Path | dict | EncoderConfig | None = None,
+                        device: str = "cpu", head: str = "rank", dtype: str = "float32",
+                        vocab: str | None = None) -> UniterReranker:
+        """Load any UNITER retrieval layout (local path or fsspec URL). ``config=None``: UNITER-base."""
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        raw = read_checkpoint(path)
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
+        cfg = EncoderConfig.load(config)
+        model = UniterForRetrieval(cfg)
+        state = match_state_dict(extract_uniter_state_dict(raw, str(path)), model.state_dict(), str(path),
+                                 ignorable=UNITER_IGNORABLE, optional=UNITER_OPTIONAL,
+                                 config_flag="the re-ranker config")
+        has_rank = [k for k in ("rank_output.weight", "rank_output.bias") if k in state]
+        if len(has_rank) == 1:
+            raise CheckpointError(f"{path}: has {has_rank[0]} but not its pair: a damaged rank_output head")
+        model.load_state_dict(state, strict=False)  # strictness is enforced (with names) by match_state_dict
+        zero_shot = not has_rank
+        if zero_shot:
+            model.init_output()
+            if head == "rank":
+                log.info("%s has no rank_output (a pre-trained checkpoint): scoring with itm_output row 1", path)
+        return cls(model, cfg, head=head, device=device, dtype=dtype, source=str(path), zero_shot=zero_shot,
+                   vocab=vocab)
+
+    @classmethod
+    def random(cls, config: str | Path | dict | EncoderConfig | None = None, seed: int = 0, device: str = "cpu",
+               head: str = "rank", dtype: str = "float32", vocab: str | None = None) -> UniterReranker:
+        """Explicit random weights (BERT's init) for benchmarks and smoke runs; never silently."""
+        cfg = EncoderConfig.load(config)
+        model = init_bert_weights(UniterForRetrieval(cfg), seed)
+        return cls(model, cfg, head=head, device=device, dtype=dtype, source=f"random:seed={seed}",
+                   random_seed=seed, vocab=vocab)
+
+    # ---- provenance ---------------------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of config + weights (mask_embedding skipped: pre-training only), equal across layouts."""
+        if self._fingerprint is None:
+            digest = tensors_fingerprint(self.config.to_dict(), self.model.state_dict(),
+                                         skip=lambda name: name.endswith("mask_embedding.weight"))
+            prefix = "random-" if self.random_seed is not None else ""
+            self._fingerprint = f"uniter-{prefix}{digest[:16]}"
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        head = "itm_output[1]" if self.head == "itm" or self.zero_shot else "rank_output"
+        return {"fingerprint": self.fingerprint, "source": self.source, "head": self.head, "scores_with": head,
+                "zero_shot": self.zero_shot, "config": self.config.to_dict(), "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", "")}
+
+    # ---- scoring ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, input_ids: ArrayLike, attention_mask: ArrayLike, features: ArrayLike, boxes: ArrayLike,
+              num_boxes: ArrayLike, batch_size: int = 64, bucketing: bool = True) -> np.ndarray:
+        """One raw logit per (text, image) pair, float32 [P] (no sigmoid), in input order.
+
+        ``bucketing`` (default): pairs are grouped by sequence length (text tokens + boxes) and each group is
+        trimmed to its own longest pair, so short pairs do not pay for long ones. ``bucketing=False`` keeps
+        input order and pads every batch to the longest text and the most boxes of the whole call (for
+        comparison only). A pair never attends to padding or to another pair, so its score does not depend on
+        its batch-mates beyond float32 rounding (kernels sum in another order for other shapes: a few 1e-7 on
+        logits of a few units, measured in tests/test_reranker.py).
+        """
+        ids = torch.as_tensor(input_ids).long()
+        mask = torch.as_tensor(attention_mask).long()
+        feats = torch.as_tensor(features)
+        bxs = torch.as_tensor(boxes)
+        counts = torch.as_tensor(num_boxes).long().reshape(-1)
+        text_len = self._check_inputs(ids, mask, feats, bxs, counts)
+        out = np.empty(ids.shape[0], dtype=np.float32)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if bucketing:
+            batches = length_buckets((text_len + counts).numpy(), batch_size)
+        else:
+            batches = (np.arange(a, min(a + batch_size, len(out))) for a in range(0, len(out), batch_size))
+        for idx in batches:
+            sel = torch.as_tensor(idx)
+            t, n = text_len[sel], counts[sel]
+            # padded: every batch as wide as the longest text plus the most boxes of the whole request
+            width_txt, width_img = (t, n) if bucketing else (text_len, counts)
+            width_txt, width_img = int(width_txt.max()), int(width_img.max())
+            keep_txt = (torch.arange(width_txt)[None, :] < t[:, None])
+            keep_img = (torch.arange(width_img)[None, :] < n[:, None])
+            # whatever the caller left in the padding, it enters no pair's score
+            b_ids = (ids[sel, :width_txt] * keep_txt).to(self.device)
+            f = (feats[sel, :width_img].float() * keep_img[..., None]).to(self.device, self.dtype)
+            b = add_box_area(bxs[sel, :width_img].float() * keep_img[..., None]).to(self.device, self.dtype)
+            logits = self.model(b_ids, t.to(self.device), f, b, n.to(self.device), head=self.head)
+            out[idx] = logits.float().cpu().numpy()
+        return out
+
+    def tokenizer(self, lowercase: bool = False) -> WordPieceTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = WordPieceTokenizer(find_vocab(self.vocab, self.source or None), lowercase=lowercase,
+                                                 max_length=self.config.max_position_embeddings)
+        return self._tokenizer
+
+    def score_texts_images(self, texts: Sequence[str], features: Sequence[ArrayLike], boxes: Sequence[ArrayLike],
+                           batch_size: int = 64) -> np.ndarray:
+        """Ragged convenience: pair i = (``texts[i]``, the image with regions ``features[i]`` [N_i, F] and
+        ``boxes[i]`` [N_i, 6|7]); captions are tokenized with the model's WordPiece vocab."""
+        if len(texts) != len(features):
+            raise ValueError(f"{len(texts)} texts but {len(features)} images")
+        if not texts:
+            return np.empty(0, dtype=np.float32)
+        ids, mask = self.tokenizer().encode(list(texts))
+        feats, bxs, counts = pad_regions([np.asarray(f) for f in features], [np.asarray(b) for b in boxes],
+                                         self.config.feature_dim)
+        return self.score(ids, mask, feats, bxs, counts, batch_size=batch_size)
+
+    def _check_inputs(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor, boxes: torch.Tensor,
+                      counts: torch.Tensor) -> torch.Tensor:
+        """Validate shapes and ranges; return the text lengths [P]."""
+        p = ids.shape[0] if ids.ndim else 0
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must be [P, L]")
+        if feats.ndim != 3 or feats.shape[0] != p or feats.shape[-1] != self.config.feature_dim:
+            raise ValueError(f"features must be [{p}, N, {self.config.feature_dim}], got {tuple(feats.shape)}")
+        if boxes.ndim != 3 or boxes.shape[:2] != feats.shape[:2] or boxes.shape[-1] not in (6, 7):
+            raise ValueError(f"boxes must be [P, N, 6 or 7] matching features {tuple(feats.shape[:2])}, "
+                             f"got {tuple(boxes.shape)}")
+        if counts.shape[0] != p:
+            raise ValueError(f"num_boxes has {counts.shape[0]} entries for {p} pairs")
+        if p and (int(counts.min()) < 1 or int(counts.max()) > feats.shape[1]):
+            raise ValueError(f"num_boxes must be in 1..{feats.shape[1]}, got {int(counts.min())}..{int(counts.max())}")
+        text_len = mask.sum(1)
+        prefix = torch.arange(mask.shape[1])[None, :] < text_len[:, None]
+        if not torch.equal(mask != 0, prefix):
+            raise ValueError("attention_mask must be 1 on each text's tokens from position 0 and 0 after them")
+        if p and int(text_len.min()) < 1:
+            raise ValueError("every pair needs at least one text token ([CLS])")
+        if p and int(text_len.max()) > self.config.max_position_embeddings:
+            raise ValueError(f"texts of {int(text_len.max())} tokens exceed "
+                             f"{self.config.max_position_embeddings} positions")
+        if ids.numel() and (int(ids.max()) >= self.config.vocab_size or int(ids.min()) < 0):
+            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        return text_len
