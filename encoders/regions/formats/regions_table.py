@@ -98,8 +98,15 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=REGIONS_SCHEMA)
 
 
+# Rows per Parquet row group: a re-ranker fetching one image reads its whole row group's feature column chunk
+# (up to 400 KB of fp16 features per image), so groups stay small; see encoders.regions.formats.regions_lookup.
+ROW_GROUP_ROWS = 16
+
+
 class RegionsWriter:
-    """Writes ``<dir>/<prefix>-00000.parquet``, ``-00001`` ... with at most ``rows_per_file`` rows each."""
+    """Writes ``<dir>/<prefix>-00000.parquet``, ``-00001`` ... with at most ``rows_per_file`` rows each, in row
+    groups of :data:`ROW_GROUP_ROWS`, and on close the image_id map that serves lookups
+    (:mod:`encoders.regions.formats.regions_lookup`)."""
 
     def __init__(self, directory: str | Path, prefix: str = "regions", rows_per_file: int = 1000,
                  with_soft_labels: bool = True):
@@ -123,13 +130,17 @@ class RegionsWriter:
             return
         path = self.directory / f"{self.prefix}-{len(self.files):05d}.parquet"
         tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(rows_to_table(self._rows), tmp)
+        pq.write_table(rows_to_table(self._rows), tmp, row_group_size=ROW_GROUP_ROWS)
         tmp.replace(path)
         self.files.append(path)
         self._rows = []
 
     def close(self) -> None:
         self.flush()
+        if self.files:
+            from encoders.regions.formats.regions_lookup import write_regions_map
+
+            write_regions_map(str(self.directory))
 
     def __enter__(self) -> RegionsWriter:
         return self
@@ -150,13 +161,19 @@ def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tup
             if missing:
                 raise ValueError(f"{file}: not a regions table (missing columns {sorted(missing)})")
             for batch in pf.iter_batches(batch_size=batch_rows):
-                cols = {name: batch.column(name) for name in batch.schema.names}
-                for i in range(batch.num_rows):
-                    row = {}
-                    for name, col in cols.items():
-                        scalar = col[i]
-                        if isinstance(scalar, (pa.ListScalar, pa.LargeListScalar, pa.FixedSizeListScalar)):
-                            row[name] = scalar.values if scalar.is_valid else None
-                        else:
-                            row[name] = scalar.as_py()
+                for row in batch_rows_of(batch):
                     yield row["image_id"], row_to_regions(row)
+
+
+def batch_rows_of(batch: pa.RecordBatch | pa.Table) -> Iterator[dict]:
+    """Rows as dicts for :func:`row_to_regions`: list columns stay Arrow arrays (no Python float lists)."""
+    cols = {name: batch.column(name) for name in batch.schema.names}
+    for i in range(batch.num_rows):
+        row = {}
+        for name, col in cols.items():
+            scalar = col[i]
+            if isinstance(scalar, (pa.ListScalar, pa.LargeListScalar, pa.FixedSizeListScalar)):
+                row[name] = scalar.values if scalar.is_valid else None
+            else:
+                row[name] = scalar.as_py()
+        yield row

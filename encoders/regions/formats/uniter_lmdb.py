@@ -94,28 +94,57 @@ def record_to_regions(rec: dict[str, np.ndarray], nbb: int | None, conf_th: floa
     )
 
 
+class UniterImageDB:
+    """An open UNITER image DB: ``get(name)`` reads one image's record by key, iteration yields every record.
+
+    Records are cut to the box count of the DB's json, else to UNITER's rule (see the module docstring).
+    """
+
+    def __init__(self, path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10) -> None:
+        import lmdb
+
+        db_dir, nbb_path = find_uniter_db(path, conf_th, max_bb, min_bb)
+        self.path = db_dir
+        self.conf_th, self.max_bb, self.min_bb = conf_th, max_bb, min_bb
+        self.name2nbb: dict[str, int] | None = json.loads(nbb_path.read_text()) if nbb_path is not None else None
+        if self.name2nbb is None and re.match(r"feat_th", db_dir.name):
+            # DBs built with a threshold were already cut to the rule when written
+            self.name2nbb = {}
+        self._env = lmdb.open(str(db_dir), readonly=True, create=False, lock=False, readahead=False, subdir=True)
+
+    def _regions(self, name: str, value: bytes) -> Regions:
+        rec = decode_record(value)
+        nbb = None if self.name2nbb is None else self.name2nbb.get(name)
+        if self.name2nbb is not None and nbb is None:
+            nbb = rec["features"].shape[0]
+        return record_to_regions(rec, nbb, self.conf_th, self.min_bb, self.max_bb)
+
+    def get(self, name: str) -> Regions | None:
+        """The regions stored under ``name``; None when the DB has no such key."""
+        with self._env.begin(buffers=False) as txn:
+            value = txn.get(name.encode("utf-8"))
+        return None if value is None or name == "__keys__" else self._regions(name, bytes(value))
+
+    def __iter__(self) -> Iterator[tuple[str, Regions]]:
+        with self._env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                name = key.decode("utf-8")
+                if name != "__keys__":
+                    yield name, self._regions(name, bytes(value))
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> UniterImageDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_uniter_db(
     path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
 ) -> Iterator[tuple[str, Regions]]:
     """Yield ``(name, Regions)`` for every image of a UNITER image DB, in key order."""
-    import lmdb
-
-    db_dir, nbb_path = find_uniter_db(path, conf_th, max_bb, min_bb)
-    name2nbb = json.loads(nbb_path.read_text()) if nbb_path is not None else None
-    if name2nbb is None and re.match(r"feat_th", db_dir.name):
-        # DBs built with a threshold were already cut to the rule when written
-        name2nbb = {}
-    env = lmdb.open(str(db_dir), readonly=True, create=False, lock=False, readahead=False, subdir=True)
-    try:
-        with env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                name = key.decode("utf-8")
-                if name == "__keys__":
-                    continue
-                rec = decode_record(bytes(value))
-                nbb = None if name2nbb is None else name2nbb.get(name)
-                if name2nbb is not None and nbb is None:
-                    nbb = rec["features"].shape[0]
-                yield name, record_to_regions(rec, nbb, conf_th, min_bb, max_bb)
-    finally:
-        env.close()
+    with UniterImageDB(path, conf_th, max_bb, min_bb) as db:
+        yield from db
