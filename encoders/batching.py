@@ -19,14 +19,17 @@ def length_buckets(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]
         yield order[start : start + batch_size]
 
 
-def pad_regions(features: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
-                feature_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_regions(features: Sequence[np.ndarray], boxes: Sequence[np.ndarray], feature_dim: int,
+                width: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One [N_i, F] and one [N_i, 6|7] array per image -> zero-padded [B, N, F], [B, N, 6|7] float32 and [B]
-    counts, N = the largest N_i."""
+    counts; N = ``width``, by default the largest N_i."""
     if len(features) != len(boxes):
         raise ValueError(f"{len(features)} feature arrays but {len(boxes)} box arrays")
     counts = np.array([len(f) for f in features], dtype=np.int64)
-    width = int(counts.max()) if len(counts) else 0
+    longest = int(counts.max()) if len(counts) else 0
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width {width} is less than the {longest} regions of the largest image")
     box_dim = np.asarray(boxes[0]).shape[-1] if len(boxes) else 6
     feats = np.zeros((len(features), width, feature_dim), dtype=np.float32)
     bxs = np.zeros((len(features), width, box_dim), dtype=np.float32)

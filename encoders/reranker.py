@@ -22,7 +22,7 @@ index packs them; BERT layers; the BERT pooler (dense + tanh) on position 0; the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,10 @@ class UniterReranker:
         """Load any UNITER retrieval layout (local path or fsspec URL). ``config=None``: UNITER-base."""
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        raw = read_checkpoint(path)
+        try:
+            raw = read_checkpoint(path)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{path}: no such UNITER checkpoint") from e
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
         cfg = EncoderConfig.load(config)
@@ -200,28 +203,12 @@ class UniterReranker:
         bxs = torch.as_tensor(boxes)
         counts = torch.as_tensor(num_boxes).long().reshape(-1)
         text_len = self._check_inputs(ids, mask, feats, bxs, counts)
-        out = np.empty(ids.shape[0], dtype=np.float32)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if bucketing:
-            batches = length_buckets((text_len + counts).numpy(), batch_size)
-        else:
-            batches = (np.arange(a, min(a + batch_size, len(out))) for a in range(0, len(out), batch_size))
-        for idx in batches:
+
+        def batch(idx: np.ndarray, width_txt: int, width_img: int) -> tuple[torch.Tensor, ...]:
             sel = torch.as_tensor(idx)
-            t, n = text_len[sel], counts[sel]
-            # padded: every batch as wide as the longest text plus the most boxes of the whole request
-            width_txt, width_img = (t, n) if bucketing else (text_len, counts)
-            width_txt, width_img = int(width_txt.max()), int(width_img.max())
-            keep_txt = (torch.arange(width_txt)[None, :] < t[:, None])
-            keep_img = (torch.arange(width_img)[None, :] < n[:, None])
-            # whatever the caller left in the padding, it enters no pair's score
-            b_ids = (ids[sel, :width_txt] * keep_txt).to(self.device)
-            f = (feats[sel, :width_img].float() * keep_img[..., None]).to(self.device, self.dtype)
-            b = add_box_area(bxs[sel, :width_img].float() * keep_img[..., None]).to(self.device, self.dtype)
-            logits = self.model(b_ids, t.to(self.device), f, b, n.to(self.device), head=self.head)
-            out[idx] = logits.float().cpu().numpy()
-        return out
+            return ids[sel, :width_txt], feats[sel, :width_img], bxs[sel, :width_img]
+
+        return self._run(text_len.numpy(), counts.numpy(), batch, batch_size, bucketing)
 
     def tokenizer(self, lowercase: bool = False) -> WordPieceTokenizer:
         if self._tokenizer is None:
@@ -229,18 +216,62 @@ class UniterReranker:
                                                  max_length=self.config.max_position_embeddings)
         return self._tokenizer
 
+    @torch.inference_mode()
     def score_texts_images(self, texts: Sequence[str], features: Sequence[ArrayLike], boxes: Sequence[ArrayLike],
-                           batch_size: int = 64) -> np.ndarray:
+                           batch_size: int = 64, bucketing: bool = True) -> np.ndarray:
         """Ragged convenience: pair i = (``texts[i]``, the image with regions ``features[i]`` [N_i, F] and
-        ``boxes[i]`` [N_i, 6|7]); captions are tokenized with the model's WordPiece vocab."""
-        if len(texts) != len(features):
-            raise ValueError(f"{len(texts)} texts but {len(features)} images")
-        if not texts:
+        ``boxes[i]`` [N_i, 6|7]); captions are tokenized with the model's WordPiece vocab. Regions are padded
+        one batch at a time, so many pairs cost no more memory than one batch of them."""
+        if not len(texts) == len(features) == len(boxes):
+            raise ValueError(f"{len(texts)} texts, {len(features)} feature arrays and {len(boxes)} box arrays")
+        if not len(texts):
             return np.empty(0, dtype=np.float32)
         ids, mask = self.tokenizer().encode(list(texts))
-        feats, bxs, counts = pad_regions([np.asarray(f) for f in features], [np.asarray(b) for b in boxes],
-                                         self.config.feature_dim)
-        return self.score(ids, mask, feats, bxs, counts, batch_size=batch_size)
+        feats = [np.asarray(f) for f in features]
+        bxs = [np.asarray(b) for b in boxes]
+        box_dim = bxs[0].shape[-1] if bxs[0].ndim == 2 else -1
+        for i, (f, b) in enumerate(zip(feats, bxs, strict=True)):
+            if f.ndim != 2 or f.shape[1] != self.config.feature_dim or not len(f):
+                raise ValueError(f"image {i}: features must be [N >= 1, {self.config.feature_dim}], got {f.shape}")
+            if b.shape != (len(f), box_dim) or box_dim not in (6, 7):
+                raise ValueError(f"image {i}: boxes must be [{len(f)}, 6 or 7] (one box size for all), got {b.shape}")
+        if int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"the vocab has ids up to {int(ids.max())}, the model only {self.config.vocab_size}")
+
+        def batch(idx: np.ndarray, width_txt: int, width_img: int) -> tuple[torch.Tensor, ...]:
+            f, b, _ = pad_regions([feats[i] for i in idx], [bxs[i] for i in idx], self.config.feature_dim,
+                                  width=width_img)
+            return torch.as_tensor(ids[idx, :width_txt]), torch.from_numpy(f), torch.from_numpy(b)
+
+        return self._run(mask.sum(1), np.array([len(f) for f in feats]), batch, batch_size, bucketing)
+
+    def _run(self, text_len: np.ndarray, counts: np.ndarray,
+             batch: Callable[[np.ndarray, int, int], tuple[torch.Tensor, ...]], batch_size: int,
+             bucketing: bool) -> np.ndarray:
+        """Score pairs batch by batch; ``batch(idx, width_txt, width_img)`` gives the batch's ids, features and
+        boxes cut or padded to those widths."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        out = np.empty(len(text_len), dtype=np.float32)
+        if bucketing:
+            batches = length_buckets(text_len + counts, batch_size)
+        else:
+            batches = (np.arange(a, min(a + batch_size, len(out))) for a in range(0, len(out), batch_size))
+        for idx in batches:
+            t, n = torch.as_tensor(text_len[idx]).long(), torch.as_tensor(counts[idx]).long()
+            # padded: every batch as wide as the longest text plus the most boxes of the whole call
+            width_txt = int(t.max()) if bucketing else int(text_len.max())
+            width_img = int(n.max()) if bucketing else int(counts.max())
+            ids, feats, boxes = batch(idx, width_txt, width_img)
+            keep_txt = torch.arange(width_txt)[None, :] < t[:, None]
+            keep_img = (torch.arange(width_img)[None, :] < n[:, None])[..., None]
+            # whatever the caller left in the padding, it enters no pair's score
+            ids = (ids.long() * keep_txt).to(self.device)
+            feats = (feats.float() * keep_img).to(self.device, self.dtype)
+            boxes = add_box_area(boxes.float() * keep_img).to(self.device, self.dtype)
+            logits = self.model(ids, t.to(self.device), feats, boxes, n.to(self.device), head=self.head)
+            out[idx] = logits.float().cpu().numpy()
+        return out
 
     def _check_inputs(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor, boxes: torch.Tensor,
                       counts: torch.Tensor) -> torch.Tensor:

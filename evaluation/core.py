@@ -16,6 +16,7 @@ from core.errors import UsageError
 from evaluation.captions import CaptionSet, Mapping
 from evaluation.embeddings import Embeddings
 from evaluation.recall import DEFAULT_MAX_BYTES, Ranks, hits_from_topk, image_to_text_ranks, text_to_image_ranks
+from evaluation.rerank import Reranking, rerank_recall
 
 MISSING_POLICIES = ("skip", "miss", "error")
 GALLERIES = ("split", "all")
@@ -83,8 +84,10 @@ def evaluate(
     index_info: dict[str, Any] | None = None,
     reference: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    rerank: Reranking | None = None,
 ) -> dict[str, Any]:
-    """Recall both ways by exact dot product; text → image through ``search`` too when given.
+    """Recall both ways by exact dot product; text → image through ``search`` too when given; both ways before
+    and after re-ranking the dot product's top M with ``rerank`` when given (``evaluation.rerank``).
 
     ``text_vectors[c]`` is caption ``c``'s embedding. ``search(vectors, k) -> image ids per query`` wraps the ANN
     index. ``missing``: ``skip`` leaves captions of images absent from the embeddings out of the figures (counted
@@ -209,6 +212,14 @@ def evaluate(
             warnings.append(f"the index holds {n_index} vectors but the embeddings table has {len(embeddings)}: "
                             f"the index-vs-exact difference then mixes ANN error with a different gallery")
         report["index"] = index
+
+    if rerank is not None:
+        owner = qpos[rows]
+        report["rerank"] = rerank_recall(
+            [captions.captions[c] for c in caps], t, pos[rows], owner, g,
+            [embeddings.image_ids[r] for r in gallery_rows], embeddings.vectors[query_rows],
+            [embeddings.image_ids[r] for r in query_rows], ks, rerank, (extra_t2i, extra_i2t), max_bytes)
+        timings["rerank_s"] = sum(report["rerank"]["timings"].values())
 
     if reference:
         report["reference"] = reference_gap(report, reference)

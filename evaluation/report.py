@@ -39,6 +39,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", header, "-" * len(header)]
     ref = report.get("reference")
     index = report.get("index")
+    rerank = report.get("rerank")
     for key, label in DIRECTIONS:
         exact = report["exact"][key]
         medr = exact.get("median_rank")
@@ -50,6 +51,11 @@ def format_table(report: dict[str, Any]) -> str:
                 rows.append(("exact-all", "".join(f" {_pct(base['recall'][str(k)])}" for k in ks)))
             rows.append(("index", "".join(f" {_pct(index['text_to_image']['recall'][str(k)])}" for k in ks)))
             rows.append(("Δ index", "".join(f" {_signed(index['difference'][str(k)])}" for k in ks)))
+        if rerank is not None:
+            block = rerank[key]
+            after = "".join(f" {_pct(block['after']['recall'][str(k)])}" for k in ks)
+            rows.append((f"rerank@{rerank['top_m']}", after))
+            rows.append(("Δ rerank", "".join(f" {_signed(block['difference'][str(k)])}" for k in ks)))
         if ref is not None:
             pub, gap = ref[key]["published"], ref[key]["gap"]
             rows.append(("paper", "".join(f" {_pct(pub.get(str(k)))}" for k in ks)))
@@ -60,6 +66,10 @@ def format_table(report: dict[str, Any]) -> str:
     if index is not None:
         desc = ", ".join(f"{k}={index[k]}" for k in ("root", "version", "factory", "nprobe") if index.get(k))
         lines.append(f"index: {desc}; Δ index = index - {index['compared_with']}")
+    if rerank is not None:
+        lines.append(f"rerank@{rerank['top_m']}: the exact top {rerank['top_m']} re-ordered by UNITER "
+                     f"({rerank.get('scores_with', 'cross-encoder')}, {rerank.get('source', '')}); "
+                     f"Δ rerank = rerank - exact; {rerank['pairs_scored']} pairs scored")
     if ref is not None:
         lines.append(f"paper: {ref['label']}, {ref['source']}; gap = exact - paper")
     for w in report.get("warnings", []):
@@ -86,7 +96,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def plot(report: dict[str, Any], path: str, title: str | None = None) -> None:
-    """Recall@k (percent) against k: one panel per direction; exact solid, index dashed, paper as stars."""
+    """Recall@k (percent) against k: one panel per direction; exact solid, index dashed, re-ranked dash-dot,
+    paper as stars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,6 +109,7 @@ def plot(report: dict[str, Any], path: str, title: str | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True, constrained_layout=True)
     ref = report.get("reference")
     index = report.get("index")
+    rerank = report.get("rerank")
     lowest = 100.0
     ev = report["evaluated"]
     for ax, (key, label) in zip(axes, DIRECTIONS, strict=True):
@@ -123,6 +135,16 @@ def plot(report: dict[str, Any], path: str, title: str | None = None) -> None:
                 ax.plot([k], [yi[k - 1]], "s", color="tab:orange")
                 ax.annotate(f"{yi[k - 1]:.1f} (Δ{delta:+.1f})", (k, yi[k - 1]), textcoords="offset points",
                             xytext=(0, -15), ha="center", color="tab:orange", fontsize=9,
+                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        if rerank is not None:
+            yr = 100 * np.asarray(curve(rerank[key]["_ranks"], k_max))
+            lowest = min(lowest, float(yr.min()))
+            ax.plot(x, yr, "-.", color="tab:green", lw=2.2, label=f"re-ranked (top {rerank['top_m']} by UNITER)")
+            for k in ks:
+                delta = 100 * rerank[key]["difference"][str(k)]
+                ax.plot([k], [yr[k - 1]], "D", color="tab:green")
+                ax.annotate(f"{yr[k - 1]:.1f} (Δ{delta:+.1f})", (k, yr[k - 1]), textcoords="offset points",
+                            xytext=(0, 20), ha="center", color="tab:green", fontsize=9,
                             bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
         if ref is not None:
             pub = {int(k): 100 * v for k, v in ref[key]["published"].items() if int(k) <= k_max}

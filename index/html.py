@@ -36,7 +36,8 @@ def thumbnail_src(uri: str, size: int = THUMB) -> str | None:
 
 def render_results_html(queries: Sequence[str], results: Sequence[Sequence[dict[str, Any]]],
                         manifest: dict[str, Any] | None = None, title: str = "ldot search") -> str:
-    """``results[q]`` is a list of {rank, score, image_id, uri} dicts for ``queries[q]``."""
+    """``results[q]`` is a list of {rank, score, image_id, uri} dicts for ``queries[q]`` (re-ranked results also
+    carry ``rerank_score``, ``dot_score`` and ``dot_rank``: both scores are shown)."""
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -59,7 +60,10 @@ def render_results_html(queries: Sequence[str], results: Sequence[Sequence[dict[
             src = thumbnail_src(r.get("uri") or "")
             img = (f"<img loading='lazy' src='{e(src, quote=True)}' alt='{e(r['image_id'], quote=True)}'>"
                    if src else "<div class='missing'>no preview</div>")
-            parts.append(f"<div class='card'>{img}<div><b>#{r['rank']}</b> score {r['score']:.4f}</div>"
+            scores = f"score {r['score']:.4f}"
+            if "dot_score" in r:  # re-ranked: the cross-encoder's score orders, the dot product chose
+                scores = f"UNITER {r['rerank_score']:.4f} · dot {r['dot_score']:.4f} (#{r['dot_rank']})"
+            parts.append(f"<div class='card'>{img}<div><b>#{r['rank']}</b> {scores}</div>"
                          f"<div>{e(r['image_id'])}</div><div class='meta'>{e(r.get('uri') or '')}</div></div>")
         parts.append("</div>")
     parts.append("</body></html>")

@@ -1,7 +1,8 @@
 """``ldot eval``: Recall@K of an embeddings table (and optionally a built index) against a caption set.
 
     ldot eval --captions dataset_flickr30k.json --embeddings out/emb/ --checkpoint flickr-ft.pt --vocab vocab.txt \\
-              --split test --reference flickr30k --json report.json --plot recall.png [--index ROOT]
+              --split test --reference flickr30k --json report.json --plot recall.png [--index ROOT] \\
+              [--rerank model_step_N.pt --rerank-top 20 --regions out/regions/]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from evaluation.captions import CaptionError, load_captions, map_images
 from evaluation.core import GALLERIES, MISSING_POLICIES, REFERENCE, EvaluationError, evaluate, parse_ks
 from evaluation.embeddings import EmbeddingsError, read_embeddings
 from evaluation.report import format_table, plot, write_json
+from evaluation.rerank import Reranking
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,15 @@ def index_search(idx: Any, batch: int = 1024):
     return search
 
 
+def load_reranking(checkpoint: str, regions: str, config: str | None, head: str, top_m: int, vocab: str,
+                   device: str, dtype: str) -> Reranking:
+    """The UNITER cross-encoder and the regions source as ``evaluate``'s ``rerank`` argument."""
+    from index.rerank import PairScorer
+
+    scorer = PairScorer.open(checkpoint, regions, config=config, head=head, device=device, dtype=dtype, vocab=vocab)
+    return Reranking(scorer, top_m, info=scorer.describe())
+
+
 @click.command("eval")
 @click.option("--captions", "captions_path", required=True,
               help="Karpathy split JSON, COCO captions JSON, or CSV/TSV/JSONL of (image_id, caption) rows.")
@@ -103,19 +114,35 @@ def index_search(idx: Any, batch: int = 1024):
 @click.option("--json", "json_path", default=None, help="Write the full report as JSON here.")
 @click.option("--plot", "plot_path", default=None, help="Write a PNG of recall@k against k here.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N] for caption encoding.")
-@click.option("--dtype", default="float32", show_default=True, help="float32|bfloat16|float16 for caption encoding.")
+@click.option("--dtype", default="float32", show_default=True,
+              help="float32|bfloat16|float16 for caption encoding (and re-ranking).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Captions per encoder batch.")
 @click.option("--max-memory-mb", type=int, default=256, show_default=True,
               help="Scores held in memory at once by the exact search.")
+@click.option("--rerank", "rerank_checkpoint", default=None,
+              help="UNITER retrieval checkpoint: also Recall@K after re-ranking the dot product's top M with it.")
+@click.option("--rerank-top", "top_m", type=click.IntRange(min=1), default=20, show_default=True,
+              help="M: candidates per query (images per caption, captions per image) the re-ranker re-orders.")
+@click.option("--regions", "regions_path", default=None,
+              help="Region features of the evaluated images (regions Parquet directory or UNITER image DB).")
+@click.option("--rerank-config", default=None, help="Re-ranker config JSON (default: UNITER-base).")
+@click.option("--rerank-head", type=click.Choice(["rank", "itm"]), default="rank", show_default=True,
+              help="rank_output (fine-tuned) or itm_output's match logit (what UNITER's inf_itm.py scores).")
 def eval_cmd(captions_path: str, embeddings_path: tuple[str, ...], index_root: str | None, nprobe: int | None,
              checkpoint: str | None, vocab: str | None, encoder_config: str | None, random_weights: bool, seed: int,
              split: str, text_field: str, ks: str, mapping: str, id_column: str, missing: str, gallery: str,
              reference: str | None, ignore_model_mismatch: bool, json_path: str | None, plot_path: str | None,
-             device: str, dtype: str, batch_size: int, max_memory_mb: int) -> None:
+             device: str, dtype: str, batch_size: int, max_memory_mb: int, rerank_checkpoint: str | None, top_m: int,
+             regions_path: str | None, rerank_config: str | None, rerank_head: str) -> None:
     """Recall@K (text → image and image → text) of embeddings against captions, as LightningDOT reports it."""
     t_start = time.perf_counter()
     try:
         k_list = parse_ks(ks)
+        if bool(rerank_checkpoint) != bool(regions_path):
+            raise click.UsageError("--rerank and --regions go together: the re-ranker reads the evaluated images' "
+                                   "region features")
+        if rerank_checkpoint and top_m < max(k_list):
+            raise click.UsageError(f"--rerank-top ({top_m}) must be at least the largest k ({max(k_list)})")
         captions = load_captions(captions_path, split=split, text_field=text_field)
         emb = read_embeddings(list(embeddings_path))
         ids = emb.image_ids if id_column == "image_id" else emb.uris
@@ -151,6 +178,9 @@ def eval_cmd(captions_path: str, embeddings_path: tuple[str, ...], index_root: s
                 raise click.ClickException(msg + " (pass --ignore-model-mismatch to evaluate anyway)")
         search = index_search(idx)
 
+    rerank = load_reranking(rerank_checkpoint, regions_path, rerank_config, rerank_head, top_m,
+                            model.tokenizer().vocab_file, dev, dtype) if rerank_checkpoint else None
+
     t0 = time.perf_counter()
     text_vectors = encode_unique(model, captions.captions, batch_size)
     encode_s = time.perf_counter() - t0
@@ -160,7 +190,7 @@ def eval_cmd(captions_path: str, embeddings_path: tuple[str, ...], index_root: s
     try:
         report = evaluate(captions, emb, mapped, text_vectors, k_list, gallery=gallery, missing=missing,
                           search=search, index_info=index_info, reference=reference,
-                          max_bytes=max_memory_mb << 20)
+                          max_bytes=max_memory_mb << 20, rerank=rerank)
     except EvaluationError as e:
         raise click.ClickException(str(e)) from e
     report["model"] = {"fingerprint": model.fingerprint, "source": model.source, "device": dev, "dtype": dtype,

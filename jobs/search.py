@@ -20,12 +20,24 @@ import click
 @click.option("--force", is_flag=True, help="Search even if the query model differs from the index's model.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--html", "html_path", type=str, default=None, help="Write an HTML page with thumbnails here.")
+@click.option("--rerank", "rerank_checkpoint", default=None,
+              help="UNITER retrieval checkpoint: re-order the dot product's top M with this cross-encoder.")
+@click.option("--rerank-top", "top_m", type=click.IntRange(min=1), default=20, show_default=True,
+              help="M: candidates the dot product passes to the re-ranker (at least -k; default max(20, k)).")
+@click.option("--regions", "regions_path", default=None,
+              help="Region features of the indexed images (the --keep-regions table or a UNITER image DB).")
+@click.option("--rerank-config", default=None, help="Re-ranker config JSON (default: UNITER-base).")
+@click.option("--rerank-head", type=click.Choice(["rank", "itm"]), default="rank", show_default=True,
+              help="rank_output (fine-tuned) or itm_output's match logit (what UNITER's inf_itm.py scores).")
 def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None, vocab: str | None,
                encoder_config: str | None, random_weights: bool, device: str, nprobe: int | None, force: bool,
-               as_json: bool, html_path: str | None) -> None:
-    """Search the live version of index ROOT with one or more TEXTS."""
+               as_json: bool, html_path: str | None, rerank_checkpoint: str | None, top_m: int,
+               regions_path: str | None, rerank_config: str | None, rerank_head: str) -> None:
+    """Search the live version of index ROOT with one or more TEXTS (optionally re-ranked by UNITER)."""
     from index.search import SearchIndex
 
+    top_m = _check_rerank_flags(rerank_checkpoint, regions_path, top_m, k)
+    rerank = top_m > 0
     idx = SearchIndex.open(root, nprobe=nprobe)
     from encoders.lightningdot import LightningDOT
 
@@ -37,9 +49,16 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
         if not force:
             raise click.ClickException(msg + " (use --force to search anyway)")
         click.echo(f"warning: {msg}", err=True)
-    vectors = model.encode_captions(list(texts))
-    res = idx.search(vectors, k)
-    results = [res.records(q) for q in range(len(texts))]
+    if rerank:
+        from index.rerank import PairScorer, RerankingSearch
+
+        scorer = PairScorer.open(rerank_checkpoint, regions_path, config=rerank_config, head=rerank_head,
+                                 device=str(model.device), vocab=model.tokenizer().vocab_file)
+        search = RerankingSearch(idx, model, scorer, top_m=top_m)
+        results = search.search(list(texts), k)
+    else:
+        res = idx.search(model.encode_captions(list(texts)), k)
+        results = [res.records(q) for q in range(len(texts))]
     if html_path:
         import fsspec
 
@@ -51,12 +70,34 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
     if as_json:
         out = {"version": idx.version, "nprobe": idx.nprobe, "model": index_model,
                "queries": [{"text": t, "results": r} for t, r in zip(texts, results, strict=True)]}
+        if rerank:
+            out["rerank"] = {**search.scorer.describe(), "top_m": top_m}
         click.echo(json.dumps(out, indent=2))
         return
     for text, rows in zip(texts, results, strict=True):
-        click.echo(f"{text}")
+        click.echo(f"{text}" + (f"  (re-ranked: top {top_m} by dot product, ordered by UNITER)" if rerank else ""))
         for r in rows:
-            click.echo(f"  {r['rank']:>3}  {r['score']:10.4f}  {r['image_id']}  {r['uri']}")
+            dot = f"  dot {r['dot_score']:9.4f} (#{r['dot_rank']})" if rerank else ""
+            click.echo(f"  {r['rank']:>3}  {r['score']:10.4f}{dot}  {r['image_id']}  {r['uri']}")
+
+
+def _check_rerank_flags(checkpoint: str | None, regions: str | None, top_m: int, k: int) -> int:
+    """The M to re-rank (0: no re-ranking); refuses re-ranking flags without --rerank."""
+    source = click.get_current_context().get_parameter_source
+    if not checkpoint:
+        given = [f for f, p in (("--regions", "regions_path"), ("--rerank-top", "top_m"),
+                                ("--rerank-config", "rerank_config"), ("--rerank-head", "rerank_head"))
+                 if source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --rerank CHECKPOINT")
+        return 0
+    if not regions:
+        raise click.UsageError("--rerank needs --regions DIR: the region features of the indexed images")
+    if source("top_m") != click.core.ParameterSource.COMMANDLINE:
+        return max(top_m, k)
+    if top_m < k:
+        raise click.UsageError(f"--rerank-top ({top_m}) must be at least -k ({k}): re-ranking orders only the top M")
+    return top_m
 
 
 @click.command("index-info")

@@ -48,6 +48,8 @@ class RegionsLookupError(UsageError):
 
 
 class RegionStore(Protocol):
+    source: str  # where the regions come from (directory, URL or image DB), for reports
+
     def fetch(self, image_ids: Sequence[str]) -> dict[str, Regions]:
         """The regions of every requested image that the store holds; absent ids are left out."""
         ...
@@ -150,7 +152,7 @@ class ParquetRegionStore:
     """Lookups in a regions Parquet directory through its map (built, and written if possible, when needed)."""
 
     def __init__(self, directory: str, table: pa.Table) -> None:
-        self.directory = directory
+        self.directory = self.source = directory
         self.fs, self.root = fsspec.core.url_to_fs(directory)
         self.root = self.root.rstrip("/")
         meta = _map_meta(table)
@@ -232,6 +234,7 @@ class UniterRegionStore:
         from encoders.regions.formats.uniter_lmdb import UniterImageDB
 
         self.db = UniterImageDB(path, conf_th, max_bb, min_bb)
+        self.source = str(self.db.path)
 
     def fetch(self, image_ids: Sequence[str]) -> dict[str, Regions]:
         out = {}
@@ -250,7 +253,10 @@ def open_region_store(path: str | Path, write_map: bool = True) -> RegionStore:
     from encoders.regions.formats import detect_format
 
     text = str(path)
-    fmt = detect_format(text)
+    try:
+        fmt = detect_format(text)
+    except (FileNotFoundError, ValueError) as e:  # absent, or a directory of neither format
+        raise RegionsLookupError(str(e)) from e
     if fmt == "uniter":
         return UniterRegionStore(text.removeprefix("file://"))
     if fmt != "parquet":
