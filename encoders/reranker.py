@@ -187,15 +187,16 @@ class UniterReranker:
 
     @torch.inference_mode()
     def score(self, input_ids: ArrayLike, attention_mask: ArrayLike, features: ArrayLike, boxes: ArrayLike,
-              num_boxes: ArrayLike, batch_size: int = 64, bucketing: bool = True) -> np.ndarray:
+              num_boxes: ArrayLike, batch_size: int = 16, bucketing: bool = True) -> np.ndarray:
         """One raw logit per (text, image) pair, float32 [P] (no sigmoid), in input order.
 
-        ``bucketing`` (default): pairs are grouped by sequence length (text tokens + boxes) and each group is
-        trimmed to its own longest pair, so short pairs do not pay for long ones. ``bucketing=False`` keeps
-        input order and pads every batch to the longest text and the most boxes of the whole call (for
-        comparison only). A pair never attends to padding or to another pair, so its score does not depend on
-        its batch-mates beyond float32 rounding (kernels sum in another order for other shapes: a few 1e-7 on
-        logits of a few units, measured in tests/test_reranker.py).
+        ``bucketing`` (default): pairs are grouped by sequence length (text tokens + boxes) and each group of
+        ``batch_size`` is trimmed to its own longest pair, so short pairs do not pay for long ones (UNITER's
+        evaluation also sorts images by box count); the default 16 suits re-ranking M = 10..100 candidates.
+        ``bucketing=False`` keeps input order and pads every batch to the longest text and the most boxes of the
+        whole call (for comparison only). A pair never attends to padding or to another pair, so its score does
+        not depend on its batch-mates beyond float32 rounding (kernels sum in another order for other shapes: a
+        few 1e-7 on logits of a few units, measured in tests/test_reranker.py).
         """
         ids = torch.as_tensor(input_ids).long()
         mask = torch.as_tensor(attention_mask).long()
@@ -218,7 +219,7 @@ class UniterReranker:
 
     @torch.inference_mode()
     def score_texts_images(self, texts: Sequence[str], features: Sequence[ArrayLike], boxes: Sequence[ArrayLike],
-                           batch_size: int = 64, bucketing: bool = True) -> np.ndarray:
+                           batch_size: int = 16, bucketing: bool = True) -> np.ndarray:
         """Ragged convenience: pair i = (``texts[i]``, the image with regions ``features[i]`` [N_i, F] and
         ``boxes[i]`` [N_i, 6|7]); captions are tokenized with the model's WordPiece vocab. Regions are padded
         one batch at a time, so many pairs cost no more memory than one batch of them."""

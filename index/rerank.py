@@ -33,7 +33,7 @@ def rerank_order(scores: np.ndarray) -> np.ndarray:
 class PairScorer:
     """Cross-encoder scores of (text, image_id) pairs, each image's regions fetched once per call."""
 
-    def __init__(self, reranker: Any, regions: Any, batch_size: int = 64) -> None:
+    def __init__(self, reranker: Any, regions: Any, batch_size: int = 16) -> None:
         self.reranker = reranker
         self.regions = regions
         self.batch_size = batch_size

@@ -57,8 +57,9 @@ def test_writer_writes_small_row_groups_and_the_map(table_dir):
     table = read_regions_map(str(table_dir))
     assert table is not None and table.num_rows == N_IMAGES
     assert table.column("image_id").to_pylist() == sorted(f"img-{i:03d}" for i in range(N_IMAGES))
-    row = table.to_pylist()[41]  # img-041: second file, row 1 of its first row group
-    assert (row["image_id"], row["file"], row["row_group"], row["row"]) == ("img-041", 1, 0, 1)
+    row = table.to_pylist()[41]  # img-041: second file, its second row (row groups of ROW_GROUP_ROWS rows)
+    assert (row["image_id"], row["file"]) == ("img-041", 1)
+    assert (row["row_group"], row["row"]) == divmod(1, ROW_GROUP_ROWS)
     # the map is not a regions table: Parquet readers of the directory do not see it
     assert len(list(read_regions(table_dir))) == N_IMAGES
 
@@ -99,12 +100,13 @@ def test_fetch_reads_only_the_candidates_row_groups(table_dir):
     store = open_region_store(f"countfs://{table_dir}")
     files = sorted(table_dir.glob("*.parquet"))
     CountingFS.read_bytes = 0
-    got = store.fetch(["img-005", "img-050"])  # row group 0 of file 0, row group 0 of file 1
+    got = store.fetch(["img-005", "img-050"])  # one row group in each of the first two files
     assert sorted(got) == ["img-005", "img-050"]
+    where = {r["image_id"]: r for r in read_regions_map(str(table_dir)).to_pylist()}
     needed = footers = 0
-    for path in files[:2]:
-        meta = pq.ParquetFile(path).metadata
-        group = meta.row_group(0)
+    for image_id in ("img-005", "img-050"):
+        meta = pq.ParquetFile(files[where[image_id]["file"]]).metadata
+        group = meta.row_group(where[image_id]["row_group"])
         needed += sum(group.column(c).total_compressed_size for c in range(group.num_columns)
                       if group.column(c).path_in_schema.split(".")[0] in FETCH_COLUMNS)
         footers += meta.serialized_size + 8

@@ -161,6 +161,7 @@ class ParquetRegionStore:
         self._file = table.column("file").to_numpy()
         self._group = table.column("row_group").to_numpy()
         self._row = table.column("row").to_numpy()
+        self._footers: dict[int, pq.FileMetaData] = {}  # read once per file, not once per fetch
 
     @classmethod
     def open(cls, directory: str, write_map: bool = True) -> ParquetRegionStore:
@@ -209,7 +210,8 @@ class ParquetRegionStore:
         for f_i, groups in by_file.items():
             name = self.files[f_i]
             with self.fs.open(f"{self.root}/{name}", "rb") as fh:
-                pf = pq.ParquetFile(fh)
+                pf = pq.ParquetFile(fh, metadata=self._footers.get(f_i))
+                self._footers[f_i] = pf.metadata
                 columns = [c for c in FETCH_COLUMNS if c in pf.schema_arrow.names]
                 for g in groups:
                     wanted = by_group[(f_i, g)]
