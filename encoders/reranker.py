@@ -1,5 +1,5 @@
 """UNITER's image-text retrieval model (``UniterForImageTextRetrieval``): the cross-encoder that re-ranks the top
-M of LightningDOT's dot-product search. Stable API::
+M of LightningDOT's dot-product search (docs/conventions.md, "UNITER re-ranker"). Stable API::
 
     r = UniterReranker.from_checkpoint(path, config=None, device="cpu", head="rank")
     scores = r.score(input_ids, attention_mask, features, boxes, num_boxes)
