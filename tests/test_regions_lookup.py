@@ -153,7 +153,7 @@ def test_not_a_regions_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"neither \.parquet files nor a UNITER LMDB"):
         open_region_store(tmp_path / "empty")
-    with pytest.raises(RegionsLookupError, match=r"no \.parquet files"):
+    with pytest.raises(RegionsLookupError, match="no Parquet files"):
         ParquetRegionStore.open(str(tmp_path / "empty"))
 
 

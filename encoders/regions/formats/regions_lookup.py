@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.errors import UsageError
+from core.paths import parquet_files
 from encoders.regions.formats.regions_table import batch_rows_of, row_to_regions
 from encoders.regions.types import Regions
 
@@ -64,12 +65,8 @@ def _table_files(directory: str) -> tuple[fsspec.AbstractFileSystem, str, dict[s
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise RegionsLookupError(f"{directory}: not a directory of regions Parquet files")
-    found = fs.find(root, detail=True)
-    files = {posixpath.relpath(path, root): int(info["size"]) for path, info in sorted(found.items())
-             if path.endswith(".parquet") and not posixpath.basename(path).startswith(("_", "."))}
-    if not files:
-        raise RegionsLookupError(f"{directory}: no .parquet files there")
-    return fs, root, files
+    paths = [fs._strip_protocol(f) for f in parquet_files(directory, missing=RegionsLookupError)]
+    return fs, root, {posixpath.relpath(p, root): int(n) for p, n in zip(paths, fs.sizes(paths), strict=True)}
 
 
 def build_regions_map(directory: str) -> pa.Table:
