@@ -4,7 +4,8 @@ Layouts (docs/conventions.md, "Checkpoints"):
 - fine-tuned (``coco-ft.pt``, ``flickr-ft.pt``): ``{"model_dict": {img_model.*, txt_model.*}, optimizer...}``;
 - pre-trained (``LightningDot.pt``): a flat dict, BiEncoder keys under ``bert.``, plus pre-training heads;
 - ours (``LightningDOT.save``): the fine-tuned layout plus ``{"config": {...}}``.
-Loading is ``weights_only=True``: a checkpoint can hold tensors and plain containers, never code.
+Loading is ``weights_only=True``: a checkpoint can hold tensors and plain containers, never code. Weights that are
+not finite are refused, like a missing key: every embedding made with them would be NaN.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return torch.load(str(path), map_location="cpu", weights_only=True)
         with fsspec.open(str(path), "rb") as f:
             return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such checkpoint file") from e
     except Exception as e:  # pickle errors, truncated zip files, non-checkpoint files
         raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {e}") from e
 
@@ -74,7 +75,8 @@ def extract_state_dict(raw: Mapping[str, Any], source: str = "checkpoint") -> di
 def match_state_dict(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
-    """Check names and shapes against the model's; return what to load. Errors name every offending key."""
+    """Check names, shapes and finiteness against the model's; return what to load. Errors name every offending
+    key."""
     state = {k: v for k, v in state.items() if not _IGNORABLE.match(k)}
     missing = [k for k in expected if k not in state and not _OPTIONAL.match(k)]
     unexpected = [k for k in state if k not in expected]
@@ -90,6 +92,10 @@ def match_state_dict(
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if wrong:
         problems.append(f"shape mismatch: {_names(wrong)}")
+    non_finite = [k for k, v in state.items() if k in expected and isinstance(v, torch.Tensor)
+                  and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:  # every embedding would be NaN, and a run would "succeed" with them
+        problems.append(f"non-finite (NaN or Inf) weights in {_names(non_finite)}")
     if problems:
         hint = " (is --encoder-config the size this checkpoint was trained with?)" if wrong else ""
         raise CheckpointError(f"{source}: " + "; ".join(problems) + hint)
