@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import printable_id
 from encoders.regions.formats._msgpack import unpackb
+from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
 
@@ -94,10 +96,11 @@ def record_to_regions(rec: dict[str, np.ndarray], nbb: int | None, conf_th: floa
     )
 
 
-def read_uniter_db(
+def iter_uniter_db(
     path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
-) -> Iterator[tuple[str, Regions]]:
-    """Yield ``(name, Regions)`` for every image of a UNITER image DB, in key order."""
+) -> Iterator[RegionItem]:
+    """``(name, Regions)`` for every image of a UNITER image DB, in key order; a record that cannot be decoded
+    is a ``BadRecord`` naming its key, and reading goes on. (A DB that cannot be opened is an error.)"""
     import lmdb
 
     db_dir, nbb_path = find_uniter_db(path, conf_th, max_bb, min_bb)
@@ -109,13 +112,25 @@ def read_uniter_db(
     try:
         with env.begin(buffers=False) as txn:
             for key, value in txn.cursor():
-                name = key.decode("utf-8")
+                name = printable_id(bytes(key).decode("utf-8", "surrogateescape"))
                 if name == "__keys__":
                     continue
-                rec = decode_record(bytes(value))
-                nbb = None if name2nbb is None else name2nbb.get(name)
-                if name2nbb is not None and nbb is None:
-                    nbb = rec["features"].shape[0]
-                yield name, record_to_regions(rec, nbb, conf_th, min_bb, max_bb)
+                try:
+                    rec = decode_record(bytes(value))
+                    nbb = None if name2nbb is None else name2nbb.get(name)
+                    if name2nbb is not None and nbb is None:
+                        nbb = rec["features"].shape[0]
+                    regions = record_to_regions(rec, nbb, conf_th, min_bb, max_bb)
+                except Exception as exc:  # a truncated or foreign value, a missing array, a recursion bomb...
+                    yield BadRecord(name, BAD_RECORD, f"{db_dir} key {name!r}: {type(exc).__name__}: {exc}")
+                    continue
+                yield name, regions
     finally:
         env.close()
+
+
+def read_uniter_db(
+    path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
+) -> Iterator[tuple[str, Regions]]:
+    """Like :func:`iter_uniter_db`, raising ``ValueError`` (naming the key) at the first bad record."""
+    yield from strict(iter_uniter_db(path, conf_th, max_bb, min_bb))
