@@ -345,10 +345,11 @@ def _parquet_rows(f: BinaryIO, spec: str) -> Iterator[tuple[int, Any]]:
 
 
 def _transportable(spec: str) -> str:
-    """An INPUT as Beam's string coder can carry it: a local path that is not UTF-8 (from the command line) as
-    its ``file://`` uri, which ``expand_input`` reads back as the same path."""
-    if is_local(spec):
-        return local_uri(spec)
+    """An INPUT as the workers get it: a local path made absolute here, in the launcher (a worker runs in
+    another directory), and written as its ``file://`` uri when it is not UTF-8 (from the command line), which
+    Beam's string coder could not carry and ``expand_input`` reads back as the same path."""
+    if is_local(spec) and spec.strip():
+        return local_uri(os.path.abspath(os.path.expanduser(local_path(spec))))
     return spec if is_utf8(spec) else printable_id(spec)
 
 
