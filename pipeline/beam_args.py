@@ -80,16 +80,22 @@ def _unknown_message(unknown: list[str], arity: dict[str, int]) -> str:
 
 class BeamFlagsCommand(click.Command):
     """A click command that passes unknown flags through and keeps ``--`` in ``ctx.args`` (click drops it), so
-    :func:`split_beam_args` can tell an INPUT named ``-x.jpg`` after ``--`` from a flag."""
+    :func:`split_beam_args` can tell an INPUT named ``-x.jpg`` after ``--`` from a flag. A token that click would
+    split into one of our short options and its value (``-output.jpg`` as ``-o utput.jpg``, silently replaced by
+    a later ``--output``) is refused instead."""
 
     def __init__(self, *args, **kwargs) -> None:
         settings = {"ignore_unknown_options": True, "allow_extra_args": True, **kwargs.pop("context_settings", {})}
         super().__init__(*args, context_settings=settings, **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" not in args:
-            return super().parse_args(ctx, args)
-        cut = args.index("--")
+        cut = args.index("--") if "--" in args else len(args)
+        shorts = {opt for param in self.get_params(ctx) for opt in getattr(param, "opts", [])
+                  if len(opt) == 2 and opt[0] == "-" and opt != "--"}
+        for token in args[:cut]:
+            if len(token) > 2 and token[:2] in shorts and token[1] != "-":
+                raise click.UsageError(f"{token!r} would be read as {token[:2]} {token[2:]!r}: write {token[:2]} and "
+                                       "its value apart, and put an INPUT that starts with '-' after '--'", ctx)
         super().parse_args(ctx, args[:cut])
         ctx.args = [*ctx.args, *args[cut:]]
         return ctx.args

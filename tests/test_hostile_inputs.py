@@ -473,6 +473,14 @@ def test_beam_flags_command_keeps_double_dash():
 
     result = CliRunner().invoke(cmd, ["a", "--output", "o", "--runner", "X", "--", "-b", "--output"])
     assert json.loads(result.output) == ["o", ["a", "--runner", "X", "--", "-b", "--output"]]
+    assert json.loads(CliRunner().invoke(cmd, ["a", "--output", "o"]).output) == ["o", ["a"]]
+
+
+def test_an_input_click_would_split_into_a_short_option_is_refused(tmp_path):
+    """``-output.jpg`` is ``-o utput.jpg`` to click, and a later ``--output`` would replace it without a word."""
+    result = CliRunner().invoke(cli, ["index", "a.jpg", "-output.jpg", "--output", str(tmp_path / "o"), *TINY_FLAGS])
+    assert result.exit_code == 2 and "'-output.jpg' would be read as -o 'utput.jpg'" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 # ---- search --------------------------------------------------------------------------------------------------------
