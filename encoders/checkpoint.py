@@ -8,7 +8,8 @@ UNITER retrieval layouts (all flat; see :func:`extract_uniter_state_dict`):
 - UNITER's fine-tuned ``model_step_N.pt``: ``uniter.*`` + ``itm_output.*`` + ``rank_output.*`` (often float16);
 - LightningDOT's copy of that model: the same under ``bert.*``;
 - the pre-trained ``uniter-base.pt``: ``uniter.*`` + ``itm_output.*`` + pre-training heads, no ``rank_output``.
-Loading is ``weights_only=True``: a checkpoint can hold tensors and plain containers, never code.
+Loading is ``weights_only=True``: a checkpoint can hold tensors and plain containers, never code. Weights that are
+not finite are refused, like a missing key: every embedding made with them would be NaN.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return torch.load(str(path), map_location="cpu", weights_only=True)
         with fsspec.open(str(path), "rb") as f:
             return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such checkpoint file") from e
     except Exception as e:  # pickle errors, truncated zip files, non-checkpoint files
         raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {e}") from e
 
@@ -127,9 +128,8 @@ def match_state_dict(
     ignorable: re.Pattern[str] = _IGNORABLE, optional: re.Pattern[str] = _OPTIONAL,
     config_flag: str = "--encoder-config",
 ) -> dict[str, torch.Tensor]:
-    """Check names and shapes against the model's; return what to load. Errors name every offending key.
-
-    ``ignorable`` keys are dropped when present; ``optional`` keys may be absent (the caller fills them in).
+    """Check names, shapes and finiteness against the model's; return what to load. Errors name every offending
+    key. ``ignorable`` keys are dropped when present; ``optional`` keys may be absent (the caller fills them in).
     """
     state = {k: v for k, v in state.items() if not ignorable.match(k)}
     missing = [k for k in expected if k not in state and not optional.match(k)]
@@ -146,6 +146,10 @@ def match_state_dict(
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if wrong:
         problems.append(f"shape mismatch: {_names(wrong)}")
+    non_finite = [k for k, v in state.items() if k in expected and isinstance(v, torch.Tensor)
+                  and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:  # every embedding would be NaN, and a run would "succeed" with them
+        problems.append(f"non-finite (NaN or Inf) weights in {_names(non_finite)}")
     if problems:
         hint = f" (is {config_flag} the size this checkpoint was trained with?)" if wrong else ""
         raise CheckpointError(f"{source}: " + "; ".join(problems) + hint)

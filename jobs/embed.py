@@ -6,13 +6,12 @@ import json
 
 import click
 
-from pipeline.beam_args import split_beam_args
+from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
 from transforms.decoding import ALPHA_MODES
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-               options_metavar="INPUT... [OPTIONS] [BEAM FLAGS]")
+@click.command(cls=BeamFlagsCommand, options_metavar="INPUT... [OPTIONS] [BEAM FLAGS] [-- INPUT...]")
 @click.option("--output", "-o", required=True, help="Output directory (local path or fsspec URL).")
 @click.option("--checkpoint", help="LightningDOT checkpoint (coco-ft.pt, flickr-ft.pt, LightningDot.pt, ours).")
 @click.option("--encoder-config", help="Encoder size: a JSON file, or a shipped name (base, tiny). Default: base.")

@@ -6,10 +6,20 @@ import json
 
 import click
 
+from core.files import is_utf8, printable_id
+
+
+def _utf8_texts(ctx: click.Context, param: click.Parameter, texts: tuple[str, ...]) -> tuple[str, ...]:
+    """A query the shell passed as bytes that are not UTF-8 reaches Python as lone surrogates: refuse it by name."""
+    for text in texts:
+        if not is_utf8(text):
+            raise click.BadParameter(f"{printable_id(text)!r} is not valid UTF-8 text (bytes shown as %XX)")
+    return texts
+
 
 @click.command("search")
 @click.argument("root")
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1, required=True, callback=_utf8_texts)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--checkpoint", type=str, default=None, help="LightningDOT checkpoint (.pt).")
 @click.option("--vocab", type=str, default=None, help="WordPiece vocab file (bert-base-cased vocab.txt).")
@@ -49,6 +59,10 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
         if not force:
             raise click.ClickException(msg + " (use --force to search anyway)")
         click.echo(f"warning: {msg}", err=True)
+    if k > idx.ntotal:  # FAISS allocates k results per query: -k 100000000 would ask for gigabytes
+        click.echo(f"note: -k {k} is more than the {idx.ntotal} vectors of the index; returning at most "
+                   f"{max(idx.ntotal, 1)}", err=True)
+        k = max(idx.ntotal, 1)
     if rerank:
         from index.rerank import PairScorer, RerankingSearch
 

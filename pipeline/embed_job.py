@@ -40,6 +40,8 @@ class JobError(UsageError):
 class FailureRateError(JobError, FailureGuardError):
     """The run completed, but more inputs failed than ``--max-failure-rate`` allows."""
 
+    exit_code = FailureGuardError.exit_code  # not JobError's (a usage error)
+
 
 @dataclass
 class EmbedJob:

@@ -1,90 +1,361 @@
 """List inputs (directories, globs, files, fsspec URLs, manifests) into ``ImageRef``s; keep one per image_id.
 
 Listing runs inside the pipeline (one input spec per element), so a corpus of millions of objects is listed
-by workers rather than embedded in the job graph.
+by workers rather than embedded in the job graph. Nothing is lost silently: a directory that cannot be listed,
+a bad manifest row, an INPUT that yields no image are each a failure row, and the other inputs go on.
+Local paths are listed with the OS (a name like ``a::b.jpg`` or ``x#y.jpg`` is a file name, not fsspec URL
+syntax); names that are not UTF-8 get a printable id and a uri that opens the same file (``core.files``).
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import glob
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from fsspec.implementations.local import LocalFileSystem
 
+from core.files import (
+    BoundedLines,
+    LineTooLong,
+    is_local,
+    is_utf8,
+    local_path,
+    local_uri,
+    open_regular,
+    os_error_kind,
+    printable_id,
+)
+from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.records import FAILED, ImageRef, failure
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".parquet")
+MAX_MANIFEST_LINE = 1 << 20  # bytes; a longer CSV/JSONL line is a failure row, not a memory blow-up
+PARQUET_BATCH_ROWS = 8192  # rows per batch: memory stays bounded however many rows a manifest holds
+
+Listed = ImageRef | dict[str, Any]  # an input, or a failure row
 
 
-def _full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Local paths stay plain paths; anything else keeps its protocol so workers can open it."""
-    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+class ListError(ValueError):
+    """An INPUT that cannot be listed at all; ``kind`` is the failure row's ``error``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
-def _has_magic(path: str) -> bool:
-    return any(c in path for c in "*?[")
+def _failed(image_id: str, uri: str, kind: str, message: str) -> dict[str, Any]:
+    return failure(printable_id(image_id), printable_id(uri), "list", kind, printable_id(message))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def expand_input(spec: str, index: int) -> Iterator[Listed]:
+    """Yield the images (and failure rows) one INPUT names. image_id = path relative to the input's root
+    (the directory, or a glob's fixed prefix); a single file's id is its name."""
+    if not spec.strip():
+        yield _failed(spec, spec, "bad_input", "an empty INPUT")
+        return
+    local = is_local(spec)
+    path = local_path(spec) if local else spec
+    if spec.lower().endswith(MANIFEST_EXTENSIONS) and not (local and os.path.isdir(path)):
+        yield from read_manifest(spec, index)
+    elif local:
+        yield from _expand_local(path, index, spec)
+    else:
+        yield from _expand_remote(spec, index)
+
+
+def _expand_local(path: str, index: int, spec: str) -> Iterator[Listed]:
+    path = path.rstrip("/") or "/"
+    if not os.path.lexists(path) and glob.has_magic(path):  # a literal name with [ ] * ? is tried first
+        matches = sorted(glob.glob(path, recursive=True))
+        if not matches:
+            yield _failed(spec, spec, "no_match", f"{spec}: the pattern matches no file")
+            return
+        root = _glob_root(path)
+        for match in matches:
+            if _is_image(match) and not os.path.isdir(match):
+                yield _ref(_relative(match, root), local_uri(match), index)
+    elif os.path.isdir(path):
+        yield from _walk(path, index)
+    else:  # a single file (or a missing one: reading reports it, so the input is not silently lost)
+        yield _ref(posixpath.basename(path), local_uri(path), index)
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return "/".join(parts[:fixed])
 
 
 def _relative(path: str, root: str) -> str:
-    rel = posixpath.relpath(path, root) if root else posixpath.basename(path)
-    return rel if rel != "." else posixpath.basename(path)
+    if not root:
+        return posixpath.basename(path)
+    prefix = root if root.endswith("/") else root + "/"
+    return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
 
 
-def expand_input(spec: str, index: int) -> Iterator[ImageRef]:
-    """Yield the images one INPUT names. image_id = path relative to the input's root (dir or glob prefix)."""
-    lower = spec.lower()
-    if lower.endswith(MANIFEST_EXTENSIONS) and not lower.endswith(IMAGE_EXTENSIONS):
-        yield from read_manifest(spec, index)
-        return
+def _ref(image_id: str, uri: str, index: int) -> ImageRef:
+    return ImageRef(printable_id(image_id), uri, (index, uri))
+
+
+def _walk(root: str, index: int) -> Iterator[Listed]:
+    """Every image file below ``root``, depth first in name order, with the OS rather than fsspec's walk (which
+    drops a directory it cannot list without a word): a directory that cannot be listed is a failure row, and
+    one reached a second time (a symlink loop, or a second link to it) is listed once and reported. Iterative,
+    so a chain of 10,000 nested directories is no recursion limit (the OS's path-length limit is a failure row)."""
+    seen = {_identity(root)}
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        rel_dir = _relative(directory, root) + "/" if directory != root else "./"
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield _failed(rel_dir, local_uri(directory), os_error_kind(e),
+                          f"cannot list directory {directory}: {e.strerror or e}")
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if _is_image(entry.name):  # not opened here: reading refuses what is not a regular file
+                    yield _ref(_relative(entry.path, root), local_uri(entry.path), index)
+                continue
+            try:
+                key = _identity(entry.path)
+            except OSError as e:
+                yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), os_error_kind(e),
+                              f"cannot list directory {entry.path}: {e.strerror or e}")
+                continue
+            if key in seen:
+                yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), "symlink_loop",
+                              f"{entry.path} leads to a directory already listed (a symlink loop or a second "
+                              f"link to it): its files are listed once, under their first path")
+                continue
+            seen.add(key)
+            subdirs.append(entry.path)
+        stack.extend(reversed(subdirs))
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _expand_remote(spec: str, index: int) -> Iterator[Listed]:
     fs, path = fsspec.core.url_to_fs(spec)
     path = path.rstrip("/") or path
-    if _has_magic(path):
-        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    if not fs.exists(path) and glob.has_magic(path):
+        root = _glob_root(path)
         matches = sorted(p for p in fs.glob(path) if not fs.isdir(p))
+        if not matches:
+            yield _failed(spec, spec, "no_match", f"{spec}: the pattern matches no file")
+            return
     elif fs.isdir(path):
         root = path
-        matches = sorted(fs.find(path, withdirs=False))
-    else:  # a single file (or a missing one: reading reports it, so the input is not silently lost)
-        yield ImageRef(posixpath.basename(path), _full_uri(fs, path), (index, path))
+        if type(fs).find is fsspec.AbstractFileSystem.find:  # a store listed by walking (sftp, hdfs, smb...)
+            yield from _walk_store(fs, path, spec, index)
+            return
+        matches = sorted(fs.find(path, withdirs=False))  # object stores list by prefix: no folder to fail
+    else:
+        yield _ref(posixpath.basename(path), fs.unstrip_protocol(path), index)
         return
     for match in matches:
-        if match.lower().endswith(IMAGE_EXTENSIONS):
-            yield ImageRef(_relative(match, root), _full_uri(fs, match), (index, match))
+        if _is_image(match):
+            yield _ref(_relative(match, root), fs.unstrip_protocol(match), index)
 
 
-def read_manifest(spec: str, index: int) -> Iterator[ImageRef]:
-    """Rows with ``uri`` and optional ``image_id`` (.csv, .jsonl, .parquet); relative uris are taken as given."""
+def _walk_store(fs: fsspec.AbstractFileSystem, root: str, spec: str, index: int) -> Iterator[Listed]:
+    """``_walk`` for a walk-listed fsspec store. fsspec's own walk drops a folder it cannot list, even with
+    ``on_error`` (fsspec 2026.9 passes ``on_error`` to the top folder only, not to the folders below it)."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            infos = sorted(fs.ls(directory, detail=True), key=lambda i: i["name"])
+        except OSError as e:
+            yield _failed(_relative(directory, root) + "/", fs.unstrip_protocol(directory), os_error_kind(e),
+                          f"cannot list {fs.unstrip_protocol(directory)}: {e}")
+            continue
+        subdirs = []
+        for info in infos:
+            name = info["name"].rstrip("/")
+            if info["type"] == "directory":
+                if name != directory.rstrip("/"):
+                    subdirs.append(name)
+            elif _is_image(name):
+                yield _ref(_relative(name, root), fs.unstrip_protocol(name), index)
+        stack.extend(reversed(subdirs))
+
+
+# ---- manifests -------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(spec: str, index: int) -> Iterator[Listed]:
+    """Rows with ``uri`` and optional ``image_id`` (.csv, .jsonl, .parquet), read as a stream. Each bad row (no
+    uri, not JSON, not an object, a line over ``MAX_MANIFEST_LINE`` bytes) is its own failure row naming its line
+    (row, for Parquet); the good rows go on. Relative uris are taken as given."""
     lower = spec.lower()
-    rows: Iterable[dict[str, Any]]
-    if lower.endswith(".parquet"):
-        with fsspec.open(spec, "rb") as f:
-            rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
-    else:
-        with fsspec.open(spec, "r", encoding="utf-8") as f:
-            text = f.read()
-        if lower.endswith(".csv"):
-            rows = list(csv.DictReader(io.StringIO(text)))
+    with _open_manifest(spec) as f:
+        if lower.endswith(".parquet"):
+            rows, unit = _parquet_rows(f, spec), "row"
+        elif lower.endswith(".csv"):
+            rows, unit = _csv_rows(f, spec), "line"
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for line, row in enumerate(rows):
-        uri = row.get("uri")
-        if not uri:
-            raise ValueError(f"{spec}: row {line + 1} has no 'uri' column (columns: {sorted(row)})")
-        image_id = row.get("image_id") or str(uri)
-        yield ImageRef(str(image_id), str(uri), (index, f"{line:012d}"))
+            rows, unit = _jsonl_rows(f), "line"
+        for number, row in rows:
+            yield _row_to_ref(spec, index, number, row, unit)
+
+
+def _open_manifest(spec: str) -> BinaryIO:
+    if is_local(spec):
+        return open_regular(local_path(spec))
+    fs, path = fsspec.core.url_to_fs(spec)
+    return fs.open(path, "rb")
+
+
+class _BadRow:
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+
+
+def _row_to_ref(spec: str, index: int, number: int, row: Any, unit: str) -> Listed:
+    problem = _row_problem(row)
+    if problem is not None:
+        kind, message = problem
+        return _failed(f"{spec}:{number}", spec, kind, f"{spec} {unit} {number}: {message}")
+    uri, image_id = row["uri"], row.get("image_id")
+    if is_local(uri):
+        uri = local_uri(uri)
+    image_id = uri if image_id is None or image_id == "" else str(image_id)
+    return ImageRef(printable_id(image_id), uri, (index, f"{number:012d}"))
+
+
+def _row_problem(row: Any) -> tuple[str, str] | None:
+    """(kind, message) of a manifest row that names no image, else None."""
+    if isinstance(row, _BadRow):
+        return row.kind, row.message
+    if not isinstance(row, dict):
+        return "bad_row", f"a JSON {type(row).__name__}, not an object with a 'uri'"
+    uri, image_id = row.get("uri"), row.get("image_id")
+    if uri is None or (isinstance(uri, str) and not uri.strip()):
+        return "missing_uri", "empty or missing 'uri'"
+    if not isinstance(uri, str):
+        return "bad_row", f"'uri' is a {type(uri).__name__}, not a string"
+    if image_id is not None and not isinstance(image_id, str | int):
+        return "bad_row", f"'image_id' is a {type(image_id).__name__}, not a string"
+    if not is_local(uri) and not is_utf8(uri):
+        return "bad_row", f"'uri' {printable_id(uri)} is not valid UTF-8"
+    return None
+
+
+def _jsonl_rows(f: BinaryIO) -> Iterator[tuple[int, Any]]:
+    lines = BoundedLines(f, MAX_MANIFEST_LINE)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except LineTooLong as e:
+            yield lines.number, _BadRow("line_too_long", str(e))
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield lines.number, json.loads(line)
+        except ValueError as e:
+            yield lines.number, _BadRow("bad_json", f"not JSON: {e}")
+        except RecursionError:
+            yield lines.number, _BadRow("bad_json", "JSON nested too deeply")
+
+
+def _csv_rows(f: BinaryIO, spec: str) -> Iterator[tuple[int, Any]]:
+    lines = BoundedLines(f, MAX_MANIFEST_LINE)
+    reader = csv.reader(lines)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return
+    except (LineTooLong, csv.Error) as e:
+        raise ListError("bad_manifest", f"{spec}: unreadable CSV header: {e}") from e
+    if "uri" not in header:
+        raise ListError("no_uri_column", f"{spec}: the CSV header has no 'uri' column (columns: {header})")
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except LineTooLong as e:
+            yield lines.number, _BadRow("line_too_long", str(e))
+            continue
+        except csv.Error as e:
+            yield lines.number, _BadRow("bad_row", f"not CSV: {e}")
+            continue
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) > len(header):
+            yield lines.number, _BadRow("bad_row", f"{len(fields)} fields for {len(header)} columns")
+            continue
+        yield lines.number, dict(zip(header, fields, strict=False))
+
+
+def _parquet_rows(f: BinaryIO, spec: str) -> Iterator[tuple[int, Any]]:
+    """Row groups one at a time, in batches: a manifest of a million rows that compresses to kilobytes streams
+    in bounded memory, and a corrupt row group costs its own rows (one failure row says which)."""
+    try:
+        pf = pq.ParquetFile(f)
+    except Exception as e:  # pyarrow's ArrowInvalid: not a Parquet file, or a truncated footer
+        raise ListError("bad_manifest", f"{spec}: not a readable Parquet file: {e}") from e
+    names = pf.schema_arrow.names
+    if "uri" not in names:
+        raise ListError("no_uri_column", f"{spec}: no 'uri' column (columns: {names})")
+    columns = [c for c in ("uri", "image_id") if c in names]
+    number = 0
+    for group in range(pf.num_row_groups):
+        group_rows = pf.metadata.row_group(group).num_rows
+        start = number
+        try:
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        except Exception as e:  # a corrupt page: the rest of this row group is unreadable
+            yield number + 1, _BadRow("bad_manifest", f"row group {group} unreadable from here "
+                                                      f"({start + group_rows - number} rows lost): {e}")
+            number = start + group_rows
+
+
+# ---- the pipeline stages ---------------------------------------------------------------------------------------------
+
+
+def _transportable(spec: str) -> str:
+    """An INPUT as the workers get it: a local path made absolute here, in the launcher (a worker runs in
+    another directory), and written as its ``file://`` uri when it is not UTF-8 (from the command line), which
+    Beam's string coder could not carry and ``expand_input`` reads back as the same path."""
+    if is_local(spec) and spec.strip():
+        return local_uri(os.path.abspath(os.path.expanduser(local_path(spec))))
+    return spec if is_utf8(spec) else printable_id(spec)
 
 
 class ExpandInputs(beam.DoFn):
-    """(index, spec) -> ImageRef; a spec that cannot be listed becomes one failure row, not a crashed run."""
+    """(index, spec) -> ImageRef and failure rows, streamed. A spec that cannot be listed, or yields nothing at all
+    (an empty folder, a glob without matches), is a failure row naming the INPUT, not a lost input."""
 
     def __init__(self) -> None:
         self.listed = Metrics.counter("ldot", "listed")
@@ -92,14 +363,26 @@ class ExpandInputs(beam.DoFn):
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
         index, spec = element
+        listed = failed = 0
         try:
-            refs = list(expand_input(spec, index))
+            for item in expand_input(spec, index):
+                if isinstance(item, ImageRef):
+                    listed += 1
+                    self.listed.inc()
+                    yield item
+                else:
+                    failed += 1
+                    self.failed.inc()
+                    yield beam.pvalue.TaggedOutput(FAILED, item)
         except Exception as e:  # a bad manifest or an unreachable bucket
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput(FAILED, failure(spec, spec, "list", type(e).__name__, str(e)))
+            kind = e.kind if isinstance(e, ListError) else os_error_kind(e) if isinstance(e, OSError) else "list_error"
+            yield beam.pvalue.TaggedOutput(FAILED, _failed(spec, spec, kind, f"{type(e).__name__}: {e}"))
             return
-        self.listed.inc(len(refs))
-        yield from refs
+        if listed == failed == 0:
+            self.failed.inc()
+            message = f"{spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this INPUT"
+            yield beam.pvalue.TaggedOutput(FAILED, _failed(spec, spec, "no_images", message))
 
 
 class KeepFirstPerId(beam.DoFn):
@@ -110,9 +393,11 @@ class KeepFirstPerId(beam.DoFn):
 
     def process(self, element: tuple[str, Iterable[ImageRef]]) -> Iterator[Any]:
         _, refs = element
-        first, *rest = sorted(refs, key=lambda r: r.order)
+        first = min(refs, key=lambda r: r.order)  # GroupByKey values can be iterated again, not sorted in memory
         yield first
-        for ref in rest:
+        for ref in refs:
+            if ref.order == first.order:  # orders are unique: (input position, path or row number)
+                continue
             self.duplicates.inc()
             message = f"image_id already taken by {first.uri}"
             yield beam.pvalue.TaggedOutput(FAILED, failure(ref.image_id, ref.uri, "list", "duplicate_id", message))
@@ -126,8 +411,9 @@ class ListImages(beam.PTransform):
         self.inputs = inputs
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        specs = [(i, _transportable(spec)) for i, spec in enumerate(self.inputs)]
         listed = (pbegin
-                  | "Specs" >> beam.Create(list(enumerate(self.inputs)))
+                  | "Specs" >> beam.Create(specs)
                   | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(FAILED, main="refs"))
         unique = (listed.refs
                   | "ById" >> beam.Map(lambda r: (r.image_id, r))

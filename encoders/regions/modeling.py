@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from detectron2.config import CfgNode, configurable, get_cfg
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import (
@@ -44,7 +45,7 @@ from fvcore.nn import weight_init
 from torch import nn
 from torchvision.ops import nms
 
-from encoders.regions.config_files import config_path
+from encoders.regions.config_files import DetectorConfigError, config_path
 
 # detectron2 v0.6's anchor grid calls torch.meshgrid without ``indexing=`` (same result, a warning per call)
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
@@ -78,7 +79,11 @@ def load_config(path: str | None, device: str = "cpu") -> CfgNode:
     """A detector YAML (path, or a shipped config's name) on detectron2's defaults plus ours. Loaded with
     ``allow_unsafe=False``, ``_BASE_`` files included: a config file can never run code."""
     cfg = add_butd_config(get_cfg())
-    cfg.merge_from_file(config_path(path), allow_unsafe=False)
+    source = config_path(path)
+    try:
+        cfg.merge_from_file(source, allow_unsafe=False)
+    except (OSError, yaml.YAMLError, KeyError, ValueError, AssertionError) as e:  # yacs: KeyError, AssertionError
+        raise DetectorConfigError(f"detector config {source}: {type(e).__name__}: {e}") from e
     cfg.MODEL.DEVICE = str(device)
     cfg.freeze()
     return cfg

@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.files import open_regular
+from encoders.regions.formats.bad_records import BadRecord, RegionItem, first_per_id, strict
 from encoders.regions.formats.regions_table import (
     REGIONS_SCHEMA,
     RegionsWriter,
+    iter_regions_parquet,
     read_regions_parquet,
     regions_to_row,
     row_to_regions,
@@ -19,9 +22,11 @@ from encoders.regions.types import Regions
 
 __all__ = [
     "REGIONS_SCHEMA",
+    "BadRecord",
     "Regions",
     "RegionsWriter",
     "detect_format",
+    "iter_region_records",
     "read_regions",
     "read_regions_parquet",
     "regions_to_row",
@@ -53,24 +58,35 @@ def detect_format(path: str | Path) -> str:
         raise ValueError(f"{path}: a directory with neither .parquet files nor a UNITER LMDB")
     if p.name == "data.mdb":
         return "uniter"
-    with open(p, "rb") as f:
+    with open_regular(str(p)) as f:  # a FIFO or a device is refused, not read
         head = f.read(4)
     return "parquet" if head == b"PAR1" else "tsv"
 
 
-def read_regions(path: str | Path, **kwargs) -> Iterator[tuple[str, Regions]]:
-    """Yield ``(image_id, Regions)`` from a regions Parquet file/directory, a UNITER image DB or a BUTD TSV.
+def iter_region_records(path: str | Path, **kwargs) -> Iterator[RegionItem]:
+    """``(image_id, Regions)`` or a :class:`BadRecord` per record of a regions Parquet file/directory, a UNITER
+    image DB or a BUTD TSV; each image_id once (the first record wins, later ones are ``duplicate_id``).
 
     Extra keyword arguments go to the format's reader (``conf_th``, ``max_bb``, ``min_bb`` for UNITER DBs).
+    A file that cannot be opened at all raises.
     """
+    yield from first_per_id(_records(path, **kwargs), str(path))
+
+
+def read_regions(path: str | Path, **kwargs) -> Iterator[tuple[str, Regions]]:
+    """Every record as stored, raising ``ValueError`` at the first malformed one."""
+    yield from strict(_records(path, **kwargs))
+
+
+def _records(path: str | Path, **kwargs) -> Iterator[RegionItem]:
     fmt = detect_format(path)
+    local = str(path).removeprefix("file://")
     if fmt == "parquet":
-        yield from read_regions_parquet(str(path).removeprefix("file://"), **kwargs)
-    elif fmt == "uniter":
-        from encoders.regions.formats.uniter_lmdb import read_uniter_db
+        return iter_regions_parquet(local, **kwargs)
+    if fmt == "uniter":
+        from encoders.regions.formats.uniter_lmdb import iter_uniter_db
 
-        yield from read_uniter_db(str(path).removeprefix("file://"), **kwargs)
-    else:
-        from encoders.regions.formats.butd_tsv import read_butd_tsv
+        return iter_uniter_db(local, **kwargs)
+    from encoders.regions.formats.butd_tsv import iter_butd_tsv
 
-        yield from read_butd_tsv(str(path), **kwargs)
+    return iter_butd_tsv(str(path), **kwargs)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import base64
 import csv
 import gzip
-import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from core.files import BoundedLines, LineTooLong, is_local, local_path, open_regular, printable_id
+from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
 BUTD_FIELDS = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
@@ -50,6 +52,8 @@ def parse_row(fields: list[str]) -> tuple[str, Regions]:
         conf = rec["objects_conf"]
     else:
         raise ValueError(f"BUTD TSV row has {len(fields)} columns, expected 6 (BUTD) or 10 (LXMERT)")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{image_id}: image size {w}x{h}")
     n = int(rec["num_boxes"])
     boxes = _b64_array(rec["boxes"], np.float32, (n, 4))
     feats = np.frombuffer(base64.b64decode(rec["features"]), dtype=np.float32)
@@ -65,28 +69,52 @@ def parse_row(fields: list[str]) -> tuple[str, Regions]:
     return image_id, Regions.from_boxes(feats, boxes, conf_arr, None, w, h)
 
 
-def _open_text(path: str):
-    import fsspec
+MAX_LINE_BYTES = 64 << 20  # 1000 boxes of 2048 fp32 features are ~11 MB of base64: a longer line is a bad record
 
-    f = fsspec.open(str(path), "rb").open()
-    if str(path).endswith(".gz"):
-        f = gzip.GzipFile(fileobj=f)
-    return io.TextIOWrapper(f, encoding="utf-8", newline="")
+
+def _open_binary(path: str) -> BinaryIO:
+    """A local path with the OS (only a regular file: a FIFO would block), a URL through fsspec; ``.gz`` unpacked
+    as a stream."""
+    if is_local(path):
+        f: BinaryIO = open_regular(local_path(path))
+    else:
+        import fsspec
+
+        f = fsspec.open(path, "rb").open()
+    return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
+
+
+def iter_butd_tsv(path: str | Path) -> Iterator[RegionItem]:
+    """``(image_id, Regions)`` per line of a BUTD TSV file (local path or fsspec URL, ``.gz`` ok); a line that
+    cannot be parsed (or is over ``MAX_LINE_BYTES``) is a ``BadRecord`` naming its line, and reading goes on."""
+    csv.field_size_limit(sys.maxsize)  # lines are bounded by BoundedLines instead
+    with _open_binary(str(path)) as f:
+        lines = BoundedLines(f, MAX_LINE_BYTES)
+        reader = csv.reader(lines, delimiter="\t")
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except (LineTooLong, csv.Error) as exc:
+                yield BadRecord(f"{path}:{lines.number}", BAD_RECORD, f"{path}:{lines.number}: {exc}")
+                continue
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            if lines.number == 1 and fields[0] in ("image_id", "img_id"):
+                continue  # a header line
+            try:
+                image_id, regions = parse_row(fields)
+            except Exception as exc:  # ValueError, binascii.Error, OverflowError, MemoryError of a bad count...
+                name = printable_id(fields[0]) if fields[0].strip() else f"{path}:{lines.number}"
+                yield BadRecord(name, BAD_RECORD, f"{path}:{lines.number}: {type(exc).__name__}: {exc}")
+                continue
+            yield printable_id(image_id), regions
 
 
 def read_butd_tsv(path: str | Path) -> Iterator[tuple[str, Regions]]:
-    """Yield ``(image_id, Regions)`` per line of a BUTD TSV file (local path or fsspec URL, ``.gz`` ok)."""
-    csv.field_size_limit(sys.maxsize)
-    with _open_text(str(path)) as f:
-        for lineno, fields in enumerate(csv.reader(f, delimiter="\t"), start=1):
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            if lineno == 1 and fields[0] in ("image_id", "img_id"):
-                continue  # a header line
-            try:
-                yield parse_row(fields)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: {exc}") from exc
+    """Like :func:`iter_butd_tsv`, raising ``ValueError`` (naming the line) at the first bad line."""
+    yield from strict(iter_butd_tsv(path))
 
 
 def write_butd_tsv(path: str | Path, items) -> None:

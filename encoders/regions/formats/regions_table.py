@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.files import printable_id
 from core.paths import parquet_files
+from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
 REGIONS_SCHEMA = pa.schema(
@@ -151,8 +153,10 @@ class RegionsWriter:
         self.close()
 
 
-def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tuple[str, Regions]]:
-    """Yield ``(image_id, Regions)`` from a regions table file or a directory of parts (sorted by name)."""
+def iter_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[RegionItem]:
+    """``(image_id, Regions)`` from a regions table file or a directory of parts (sorted by name), one row group
+    at a time; a row that does not make Regions, or a row group that cannot be read, is a ``BadRecord`` and
+    reading goes on. (A file that is not a regions table is an error.)"""
     import fsspec
 
     for file in parquet_files(str(path)):
@@ -162,9 +166,18 @@ def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tup
             missing = {"image_id", "num_boxes", "features", "norm_bb", "boxes", "conf", "width", "height"} - names
             if missing:
                 raise ValueError(f"{file}: not a regions table (missing columns {sorted(missing)})")
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                for row in batch_rows_of(batch):
-                    yield row["image_id"], row_to_regions(row)
+            start = 0
+            for group in range(pf.num_row_groups):
+                row_number = start
+                try:
+                    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                        for row in batch_rows_of(batch):
+                            row_number += 1
+                            yield _row_item(row, f"{file} row {row_number}")
+                except Exception as exc:  # a corrupt page: the rest of this row group is lost, and said so
+                    yield BadRecord(f"{file}:row-group-{group}", BAD_RECORD,
+                                    f"{file} row group {group} unreadable after row {row_number}: {exc}")
+                start += pf.metadata.row_group(group).num_rows
 
 
 def batch_rows_of(batch: pa.RecordBatch | pa.Table) -> Iterator[dict]:
@@ -179,3 +192,18 @@ def batch_rows_of(batch: pa.RecordBatch | pa.Table) -> Iterator[dict]:
             else:
                 row[name] = scalar.as_py()
         yield row
+
+
+def _row_item(row: dict, where: str) -> RegionItem:
+    image_id = row.get("image_id")
+    if not isinstance(image_id, str) or not image_id:
+        return BadRecord(where, BAD_RECORD, f"{where}: image_id is {image_id!r}")
+    try:
+        return printable_id(image_id), row_to_regions(row)
+    except Exception as exc:  # a null array, counts that do not split, a wrong type
+        return BadRecord(printable_id(image_id), BAD_RECORD, f"{where}: {type(exc).__name__}: {exc}")
+
+
+def read_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[tuple[str, Regions]]:
+    """Like :func:`iter_regions_parquet`, raising ``ValueError`` (naming the row) at the first bad row."""
+    yield from strict(iter_regions_parquet(path, batch_rows))

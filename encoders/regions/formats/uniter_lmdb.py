@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import printable_id
 from encoders.regions.formats._msgpack import unpackb
+from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
 
@@ -95,9 +97,11 @@ def record_to_regions(rec: dict[str, np.ndarray], nbb: int | None, conf_th: floa
 
 
 class UniterImageDB:
-    """An open UNITER image DB: ``get(name)`` reads one image's record by key, iteration yields every record.
+    """An open UNITER image DB: ``get(name)`` reads one image's record by key (re-ranking), ``records()`` yields
+    every record in key order, a record that cannot be decoded as a ``BadRecord`` naming its key.
 
     Records are cut to the box count of the DB's json, else to UNITER's rule (see the module docstring).
+    A DB that cannot be opened is an error.
     """
 
     def __init__(self, path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10) -> None:
@@ -125,12 +129,18 @@ class UniterImageDB:
             value = txn.get(name.encode("utf-8"))
         return None if value is None or name == "__keys__" else self._regions(name, bytes(value))
 
-    def __iter__(self) -> Iterator[tuple[str, Regions]]:
+    def records(self) -> Iterator[RegionItem]:
         with self._env.begin(buffers=False) as txn:
             for key, value in txn.cursor():
-                name = key.decode("utf-8")
-                if name != "__keys__":
-                    yield name, self._regions(name, bytes(value))
+                name = printable_id(bytes(key).decode("utf-8", "surrogateescape"))
+                if name == "__keys__":
+                    continue
+                try:
+                    regions = self._regions(name, bytes(value))
+                except Exception as exc:  # a truncated or foreign value, a missing array, a recursion bomb...
+                    yield BadRecord(name, BAD_RECORD, f"{self.path} key {name!r}: {type(exc).__name__}: {exc}")
+                    continue
+                yield name, regions
 
     def close(self) -> None:
         self._env.close()
@@ -142,9 +152,16 @@ class UniterImageDB:
         self.close()
 
 
+def iter_uniter_db(
+    path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
+) -> Iterator[RegionItem]:
+    """``(name, Regions)`` for every image of a UNITER image DB, in key order; bad records as ``BadRecord``."""
+    with UniterImageDB(path, conf_th, max_bb, min_bb) as db:
+        yield from db.records()
+
+
 def read_uniter_db(
     path: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10
 ) -> Iterator[tuple[str, Regions]]:
-    """Yield ``(name, Regions)`` for every image of a UNITER image DB, in key order."""
-    with UniterImageDB(path, conf_th, max_bb, min_bb) as db:
-        yield from db
+    """Like :func:`iter_uniter_db`, raising ``ValueError`` (naming the key) at the first bad record."""
+    yield from strict(iter_uniter_db(path, conf_th, max_bb, min_bb))
