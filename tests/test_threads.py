@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core.threads import cpu_share, share_cpu_threads
@@ -33,6 +34,7 @@ class ReportThreads(beam.DoFn):
         yield f"{os.getpid()} {self.threads} {torch.get_num_threads()}"
 
 
+@pytest.mark.slow
 def test_each_worker_process_gets_its_share(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the workers inherit the launcher's environment
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=2",
