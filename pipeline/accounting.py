@@ -67,20 +67,26 @@ def failure_breakdown(directory: str) -> tuple[dict[str, int], dict[str, int]]:
     return dict(sorted(stages.items())), dict(sorted(errors.items()))
 
 
+def counter_totals(counters: list[Any], attempted: bool = False) -> dict[str, int]:
+    """Beam ``MetricResult`` counters of our namespace summed over steps, by name. Committed values (exact, what the
+    accounting needs) unless ``attempted`` (live while bundles run: progress); either one where a runner has only it."""
+    totals: Counter[str] = Counter()
+    for c in counters:
+        if c.key.metric.namespace == NAMESPACE:
+            first, other = (c.attempted, c.committed) if attempted else (c.committed, c.attempted)
+            totals[c.key.metric.name] += int((first if first is not None else other) or 0)
+    return dict(sorted(totals.items()))
+
+
 def ldot_counters(result: Any) -> dict[str, int] | None:
-    """The ``ldot`` counters of a finished run, summed over steps; ``None`` when the runner gives the launcher no
-    metrics (or none of ours: a run that listed nothing still reports ``listed`` = 0)."""
+    """The ``ldot`` counters of a finished run; ``None`` when the runner gives the launcher no metrics (or none of
+    ours: a run that listed nothing still reports ``listed`` = 0)."""
     try:
         counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     except Exception as e:  # runners without metrics raise NotImplementedError, others their own errors
         log.info("the runner reports no metrics (%s: %s): counts from the output tables only", type(e).__name__, e)
         return None
-    totals: Counter[str] = Counter()
-    for c in counters:
-        if c.key.metric.namespace == NAMESPACE:
-            value = c.committed if c.committed is not None else c.attempted  # some runners commit nothing
-            totals[c.key.metric.name] += int(value or 0)
-    return dict(sorted(totals.items())) if totals else None
+    return counter_totals(counters) or None
 
 
 @dataclass(frozen=True)

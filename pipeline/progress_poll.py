@@ -17,7 +17,7 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 
-from pipeline.accounting import CARRIED, ENCODED, LIST_FAILED, LISTED, NAMESPACE
+from pipeline.accounting import CARRIED, ENCODED, LIST_FAILED, LISTED, NAMESPACE, counter_totals
 from transforms.progress import progress_line
 
 # Stage totals among the ``failed_*`` counters (the others, ``failed_read_not_found`` ..., break them down).
@@ -31,9 +31,8 @@ def partial_prefix(pid: int | None = None) -> str:
 
 
 def live_counters(result: Any) -> dict[str, int]:
-    """The ``ldot`` counters of a running job as the runner reports them now (empty when it reports none yet).
-
-    Attempted values: they move while bundles run (committed ones may only appear at the end)."""
+    """The ``ldot`` counters of a running job as the runner reports them now (empty when it reports none yet):
+    attempted values, which move while bundles run (committed ones may only appear at the end)."""
     # portable_runner.PipelineResult keeps its first metrics() answer; a poll must neither read a stale one nor
     # leave one behind for the accounting after the run
     cached = hasattr(result, "_metrics")
@@ -46,11 +45,7 @@ def live_counters(result: Any) -> dict[str, int]:
     finally:
         if cached:
             result._metrics = None
-    totals: dict[str, int] = {}
-    for c in counters:
-        value = c.attempted if c.attempted is not None else c.committed
-        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
-    return totals
+    return counter_totals(counters, attempted=True)
 
 
 def counters_line(counters: dict[str, int], seconds: float) -> str:
