@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,8 +82,9 @@ class LocalJobService:
         deadline = time.monotonic() + self.start_timeout_s
         while not port_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
+                log_tail = self._log_tail()  # before stop() removes the directory it is in
                 self.stop()
-                raise JobServiceError(f"the local job service did not start; its log:\n{self._log_tail()}")
+                raise JobServiceError(f"the local job service did not start; its log:\n{log_tail}")
             time.sleep(0.1)
         self.port = int(port_file.read_text())
         return self
@@ -109,8 +111,6 @@ class LocalJobService:
             self.process.wait(timeout=5)
         self.process, self.port = None, None
         if self._own_workdir:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _log_tail(self, chars: int = 4000) -> str:
