@@ -1,4 +1,5 @@
-"""An index version that a failed build leaves behind is removed, as the nightly job does for its own runs.
+"""An index version that a failed build leaves behind is removed, as the nightly job does for its own runs
+(``pipeline.nightly.recovery.discard_partial``), with the one deletion rule (``index.layout.delete_version``).
 
 A version without its manifest is never read or published, but it holds partial shards and staging files; a
 build that raises (pipeline failure, I/O error, id collision) deletes it. A version whose manifest is written
@@ -24,8 +25,7 @@ def discard_incomplete_version(root: str, version: str) -> Iterator[None]:
         yield
     except BaseException:
         with contextlib.suppress(Exception):  # the storage that broke the build may break this too: keep its error
-            if (storage.exists(layout.version_dir(root, version)) and not layout.is_complete(root, version)
-                    and layout.read_current(root) != version):
-                storage.rm(layout.version_dir(root, version))
+            if storage.exists(layout.version_dir(root, version)) and not layout.is_complete(root, version):
+                layout.delete_version(root, version)  # refuses the live one
                 log.warning("removed the incomplete version %s of %s left by the failed build", version, root)
         raise
