@@ -6,8 +6,10 @@ import json
 
 import click
 
+from core.paths import absolute
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
+from pipeline.launch_checks import absolute_model_paths, check_embed_launch
 from transforms.decoding import ALPHA_MODES
 
 
@@ -35,10 +37,14 @@ def index_cmd(ctx: click.Context, workers: int | None, **options: object) -> Non
     """Embed INPUT images (directories, globs, files, fsspec URLs, .csv/.jsonl/.parquet manifests).
 
     Writes OUTPUT/embeddings/*.parquet, OUTPUT/failures/*.parquet and OUTPUT/run.json. Any other flag
-    (--runner, --project, --region, --setup_file, --temp_location, ...) is passed to Beam.
+    (--runner, --project, --region, --setup_file, --temp_location, ...) is passed to Beam. Local paths are
+    taken relative to the current directory (workers get them absolute).
     """
     paths, beam_args = split_beam_args(ctx.args)  # positionals and unknown flags, in command-line order
-    job = EmbedJob(inputs=paths, beam_args=beam_args, **options)  # type: ignore[arg-type]
+    inputs = [absolute(p) for p in paths]  # workers run in another working directory
+    options = {**absolute_model_paths(options), "output": absolute(options["output"])}  # type: ignore[arg-type]
+    check_embed_launch(beam_args, inputs, {"--output": options["output"]}, options)  # type: ignore[arg-type]
+    job = EmbedJob(inputs=inputs, beam_args=beam_args, **options)  # type: ignore[arg-type]
     report = run_embed_job(job, workers=workers)
     counts = report["counts"]
     click.echo(json.dumps({"embedded": counts["embedded"], "failed": counts["failed"],

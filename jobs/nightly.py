@@ -6,6 +6,7 @@ published), 4 failure-rate guard (not built, not published), 75 another run hold
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -61,22 +62,31 @@ def nightly_cmd(ctx: click.Context, config_file: str | None, **flags: object) ->
     """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),
     build a new index version, check it, publish it, clean up. Prints the run report as JSON."""
     from core.errors import EXIT_LOCKED, EXIT_NAMES
+    from core.paths import absolute
     from pipeline import nightly as n
     from pipeline.beam_args import split_beam_args
+    from pipeline.launch_checks import CONFIGS, absolute_model_paths, check_embed_launch, is_config_name
 
     positional, beam_args = split_beam_args(ctx.args)  # inputs and unknown (Beam) flags, in command-line order
     values: dict[str, object] = {}
     if config_file:  # a bad setting raises ConfigError: jobs.cli prints it and exits 2
-        values = n.NightlyConfig.rebase_paths(n.NightlyConfig.normalize(n.load_config_file(config_file)),
-                                            os.path.dirname(os.path.abspath(config_file)))
-    for name in _OPTIONS:  # flags given on the command line override the file
-        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            values[name] = flags[name]
+        in_file = n.NightlyConfig.normalize(n.load_config_file(config_file))
+        values = n.NightlyConfig.rebase_paths(in_file, os.path.dirname(os.path.abspath(config_file)))
+        values.update({k: in_file[k] for k in CONFIGS if k in in_file and is_config_name(k, in_file[k])})
+    given = {name: flags[name] for name in _OPTIONS  # flags given on the command line override the file
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    given = absolute_model_paths(given)  # flags' paths are relative to the current directory, as usual
+    for name in ("work_dir", "index_root", "lock_file", "report"):
+        if given.get(name) is not None:
+            given[name] = absolute(given[name])
+    values.update(given)
     if positional:
-        values["inputs"] = positional
+        values["inputs"] = [absolute(p) for p in positional]
     if beam_args:
         values["beam_args"] = [*_as_list(values.get("beam_args")), *beam_args]
     cfg = n.NightlyConfig.from_mapping(values)
+    check_embed_launch(cfg.beam_args, cfg.inputs, {"--work-dir": cfg.work_dir, "--index-root": cfg.index_root},
+                       dataclasses.asdict(cfg))
 
     code, report = n.run_nightly(cfg, echo=lambda msg: click.echo(msg, err=True))
     if code == EXIT_LOCKED:

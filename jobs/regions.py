@@ -201,9 +201,13 @@ def regions_cmd(inputs, output, detector_config, detector_weights, random_weight
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from core.paths import absolute
+    from pipeline.launch_checks import absolute_model_paths
+
+    paths = absolute_model_paths({"detector_config": detector_config, "detector_weights": detector_weights})
     try:
-        summary = run_regions(list(inputs), output, detector_config, detector_weights, batch_size, device,
-                              soft_labels, rows_per_file)
+        summary = run_regions([absolute(p) for p in inputs], absolute(output), paths["detector_config"],
+                              paths["detector_weights"], batch_size, device, soft_labels, rows_per_file)
     except ImportError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary))

@@ -1,5 +1,5 @@
-"""Beam flags: split a command line's leftover tokens into our positionals and Beam's flags, and build the
-pipeline options (the one place that sets the default runner).
+"""Beam flags: split a command line's leftover tokens into our positionals and Beam's flags, build the
+pipeline options (the one place that sets the default runner) and say where a runner's workers run.
 
 click hands unknown options to us with their values detached (``--runner DataflowRunner`` arrives as two
 tokens), so a value would be taken for an INPUT. Beam's own argument parsers say which flags take a value. A
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+from typing import Literal
 
 import click
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from core.errors import UsageError
 
@@ -112,3 +113,34 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
     if workers and workers > 1:
         args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
     return PipelineOptions(args)
+
+
+RunnerKind = Literal["local", "cluster", "dataflow"]
+
+
+def runner_name(beam_args: list[str]) -> str:
+    """The runner the flags ask for (class name, as given or from a dotted path), or the default."""
+    name = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or DEFAULT_RUNNER
+    return name.rsplit(".", 1)[-1]
+
+
+def runner_kind(beam_args: list[str]) -> RunnerKind:
+    """Where the workers run, which decides what they can see of the launcher's machine:
+
+    - ``local``: this machine, the launcher's working directory (Beam's local runners; InteractiveRunner wraps one);
+    - ``dataflow``: Google's machines, which never see the launcher's disk;
+    - ``cluster``: any other runner (PortableRunner, FlinkRunner, SparkRunner, ...): other processes, other working
+      directories, maybe other machines; local paths work only on a filesystem they share.
+    """
+    name = runner_name(beam_args).lower().removesuffix("runner")  # Beam accepts "flink" for FlinkRunner too
+    if name in {r.lower().removesuffix("runner") for r in StandardOptions.LOCAL_RUNNERS} | {"interactive"}:
+        return "local"
+    return "dataflow" if name in ("dataflow", "testdataflow") else "cluster"
+
+
+def runs_in_process(beam_args: list[str], workers: int | None = None) -> bool:
+    """Every stage runs in the launcher's process (a local runner without worker processes): only then can a
+    display in that process see the whole run."""
+    if runner_kind(beam_args) != "local" or (workers or 1) > 1:
+        return False
+    return PipelineOptions(list(beam_args)).get_all_options().get("direct_running_mode") != "multi_processing"

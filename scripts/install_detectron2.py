@@ -1,11 +1,15 @@
-"""Install detectron2 (v0.6, pure-Python parts) into the running interpreter from PyPI.
+"""Install detectron2 (v0.6, pure-Python parts) into the running interpreter from PyPI, or build it as a wheel.
 
 detectron2 publishes no wheels. PyPI carries a renamed v0.6 sdist (``pb1-detectron2``) whose C++/CUDA
 sources are missing, so its ``setup.py`` cannot build as shipped. The modules a C4 Faster R-CNN needs
 run on torchvision's ops, so we build it without the extension: drop ``ext_modules``, replace
-``Image.LINEAR`` (removed in Pillow 10) with ``Image.BILINEAR``, and install only the runtime
+``Image.LINEAR`` (removed in Pillow 10) with ``Image.BILINEAR``, and require only the runtime
 dependencies our extractor imports. GPU workers that have a real detectron2 build keep theirs: this
 script does nothing when ``import detectron2`` already works (unless ``--force``).
+
+``--wheel-dir DIR`` builds ``DIR/pb1_detectron2-0.6-py3-none-any.whl`` instead of installing: Dataflow and Flink
+workers install it with ``--extra_package`` (pip then installs its runtime dependencies there too); the worker
+container (``Dockerfile``) installs it with this same script.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ RUNTIME_DEPS = [
 _OPTIONAL_C = "try:\n    from detectron2 import _C\nexcept ImportError:  # no C++ extension\n    _C = None"
 
 
+WHEEL_NAME = "pb1_detectron2-0.6-py3-none-any.whl"
+
+
 def _pip(*args: str) -> None:
     subprocess.check_call([sys.executable, "-m", "pip", *args])
 
@@ -67,9 +74,12 @@ def _patch(src: Path) -> None:
     text = setup_py.read_text()
     text = text.replace("ext_modules=get_extensions(),", "")
     text = text.replace('cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},', "")
-    # Its install_requires pins black==21.4b2, tensorboard, hydra...: none is needed to run a model.
-    text = re.sub(r"install_requires=\[.*?\],\n    extras_require", "install_requires=[],\n    extras_require",
-                  text, flags=re.S)
+    # Its install_requires pins black==21.4b2, tensorboard, hydra...: none is needed to run a model. Its extras
+    # name a URL dependency, which pip refuses from an index: a worker installing the wheel needs neither.
+    text, n = re.subn(r"install_requires=\[.*?\n    \],\n    extras_require=\{.*?\n    \},\n",
+                      f"install_requires={RUNTIME_DEPS!r},\n", text, flags=re.S)
+    if n != 1:
+        raise SystemExit(f"{setup_py}: install_requires/extras_require not found where expected")
     setup_py.write_text(text)
     for py in (src / "detectron2").rglob("*.py"):
         code = py.read_text()
@@ -80,21 +90,41 @@ def _patch(src: Path) -> None:
             py.write_text(patched)
 
 
+def _patched_sources(tmp: Path) -> Path:
+    with tarfile.open(_download_sdist(tmp)) as tar:
+        tar.extractall(tmp, filter="data")
+    src = next(p for p in tmp.iterdir() if p.is_dir())
+    _patch(src)
+    return src
+
+
+def build_wheel(wheel_dir: Path) -> Path:
+    """The patched sources as a pure-Python wheel (no extension, so one wheel fits every Linux worker)."""
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # setup.py imports torch (for the extension it no longer builds): build with this interpreter's packages
+        _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheel_dir),
+             str(_patched_sources(Path(tmp))))
+    wheel = wheel_dir / WHEEL_NAME
+    if not wheel.is_file():
+        raise SystemExit(f"pip wheel did not write {wheel}")
+    return wheel
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports")
+    parser.add_argument("--wheel-dir", type=Path, help="build the wheel into this directory instead of installing")
     args = parser.parse_args()
+    if args.wheel_dir is not None:
+        print(build_wheel(args.wheel_dir))
+        return 0
     if importlib.util.find_spec("detectron2") is not None and not args.force:
         print("detectron2 already importable; nothing to do")
         return 0
     _pip("install", "--quiet", *RUNTIME_DEPS)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = _download_sdist(Path(tmp))
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        src = next(p for p in Path(tmp).iterdir() if p.is_dir())
-        _patch(src)
-        _pip("install", "--quiet", "--no-deps", "--no-build-isolation", str(src))
+        _pip("install", "--quiet", "--no-deps", "--no-build-isolation", str(_patched_sources(Path(tmp))))
     subprocess.check_call([sys.executable, "-c", "import detectron2.modeling, detectron2.checkpoint"])
     print("detectron2 installed (pure Python, no C++ extension)")
     return 0

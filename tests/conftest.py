@@ -16,3 +16,14 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def job_service():
+    """Beam's local job service with its SDK workers as subprocesses in the service's own temporary directory (the
+    Flink/Dataflow worker model; see pipeline.job_service). ``job_service.beam_args()`` sends a pipeline there.
+    Everything it started is ended at teardown, whatever the tests did."""
+    from pipeline.job_service import LocalJobService
+
+    with LocalJobService() as service:
+        yield service

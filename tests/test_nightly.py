@@ -267,7 +267,7 @@ def test_lock_held_exits_at_once_and_kill_never_leaves_a_stale_lock(tmp_path):
 def test_flags_override_the_config_file_and_paths_are_relative_to_it(tmp_path, monkeypatch):
     from jobs.cli import main
 
-    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "photos").mkdir(parents=True)  # a missing INPUT is refused before the run
     (tmp_path / "conf" / "n.yaml").write_text(yaml.safe_dump({
         "inputs": ["photos"], "work-dir": "w", "index_root": "/abs/index", "random_weights": True, "keep": 5,
         "min_recall": 0.5, "beam_args": ["--direct_num_workers=1"]}))
