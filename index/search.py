@@ -1,6 +1,7 @@
 """``SearchIndex``: load the live (or a given) version of an index root and search it.
 
-    idx = SearchIndex.open("gs://bucket/index")      # resolves CURRENT once, verifies every file's sha256
+    idx = SearchIndex.open("gs://bucket/index")      # resolves CURRENT once, validates the manifest's structure,
+                                                      # verifies every file's sha256
     res = idx.search(queries, k=10)                   # scores [Q,k] float32 (inner product), ids [Q,k] int64
     res.image_ids, res.uris                           # list[list[str]] ("" where ids == -1)
 
@@ -22,6 +23,8 @@ import pyarrow.parquet as pq
 
 from index import layout, storage
 from index.errors import IndexIntegrityError, NoLiveVersionError
+from index.ids import shards_of_ids
+from index.manifest import validate_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class SearchResult:
 
 def _read_verified(root_vdir: str, entry: dict[str, Any], verify: bool, what: str) -> bytes:
     url = storage.join(root_vdir, entry["path"])
+    storage.check_inside(url, root_vdir, what)
     try:
         data = storage.read_bytes(url)
     except FileNotFoundError as e:
@@ -55,6 +59,25 @@ def _read_verified(root_vdir: str, entry: dict[str, Any], verify: bool, what: st
             raise IndexIntegrityError(f"{what} {url} fails its checksum (sha256 {sha[:16]}…, manifest "
                                       f"{entry['sha256'][:16]}…): the file is corrupt or was modified; refusing it")
     return data
+
+
+def _check_ids(ids: np.ndarray, shard: int, n_shards: int, what: str) -> None:
+    """Every id of a shard's id map belongs to that shard (faiss_id % n_shards): an id map copied from another
+    shard, or rows added to one, are refused even when the manifest was edited to match."""
+    wrong = np.nonzero(shards_of_ids(ids, n_shards) != shard)[0]
+    if len(wrong):
+        raise IndexIntegrityError(f"id map of {what}: {len(wrong)} id(s) belong to other shards (e.g. faiss_id "
+                                  f"{int(ids[wrong[0]])}): refusing a mixed or doubled index")
+
+
+def _check_truth(selfcheck: pa.Table, ids: np.ndarray, version: str) -> None:
+    """The self-check's exact neighbours were found over every row of the build: each must be in the id maps.
+    Content, not bookkeeping: a shard dropped from a manifest edited to match still leaves them pointing at it."""
+    truth = np.asarray(selfcheck.column("truth").combine_chunks().flatten(), dtype=np.int64)
+    missing = np.setdiff1d(truth[truth >= 0], ids)
+    if len(missing):
+        raise IndexIntegrityError(f"version {version}: {len(missing)} exact neighbour(s) of its self-check (e.g. "
+                                  f"faiss_id {int(missing[0])}) are in no shard: rows are missing from the index")
 
 
 class SearchIndex:
@@ -98,6 +121,7 @@ class SearchIndex:
                       verify: bool = True) -> SearchIndex:
         import faiss
 
+        validate_manifest(manifest, manifest.get("version") if isinstance(manifest, dict) else None)
         vdir = layout.version_dir(root, manifest["version"])
         trained = storage.index_from_bytes(_read_verified(vdir, manifest["trained"], verify, "trained index"))
         index = trained
@@ -115,15 +139,19 @@ class SearchIndex:
             table = pq.read_table(io.BytesIO(_read_verified(vdir, shard["idmap"], verify, f"id map of {what}")))
             if table.num_rows != shard["count"]:
                 raise IndexIntegrityError(f"id map of {what} has {table.num_rows} rows for {shard['count']} vectors")
+            _check_ids(table.column("faiss_id").to_numpy(), shard["shard"], manifest["n_shards"], what)
             id_parts.append(table.column("faiss_id").to_numpy())
             image_parts.append(table.column("image_id"))
             uri_parts.append(table.column("uri"))
-        if verify and manifest.get("selfcheck", {}).get("path"):
-            _read_verified(vdir, manifest["selfcheck"], verify, "self-check table")
         if index.ntotal != manifest["count"]:
             raise IndexIntegrityError(f"shards hold {index.ntotal} vectors, the manifest says {manifest['count']}")
         ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         order = np.argsort(ids, kind="stable")
+        if len(ids) > 1 and (ids[order][1:] == ids[order][:-1]).any():
+            raise IndexIntegrityError(f"version {manifest['version']}: a faiss_id appears twice in the id maps")
+        if manifest.get("selfcheck", {}).get("path"):
+            table = pq.read_table(io.BytesIO(_read_verified(vdir, manifest["selfcheck"], verify, "self-check table")))
+            _check_truth(table, ids, manifest["version"])
         image_ids = pa.chunked_array(image_parts, pa.string()).combine_chunks().take(pa.array(order))
         uris = pa.chunked_array(uri_parts, pa.string()).combine_chunks().take(pa.array(order))
         return cls(root, manifest, index, ids[order], image_ids, uris, nprobe)

@@ -15,6 +15,8 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from index.errors import IndexIntegrityError
+
 CHUNK = 1 << 22
 
 
@@ -103,6 +105,18 @@ def sha256_url(url: str) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+def check_inside(url: str, base: str, what: str) -> None:
+    """Refuse a local ``url`` that resolves (through symlinks) outside the folder ``base``: a published file
+    replaced by a link must not make a reader load, or retention delete, something elsewhere. Object stores have
+    no links, so there the key is the object."""
+    fs, path = fs_path(url)
+    if not is_local(fs):
+        return
+    real, inside = os.path.realpath(path), os.path.realpath(fs_path(base)[1])
+    if os.path.commonpath([real, inside]) != inside:
+        raise IndexIntegrityError(f"{what} {url} resolves to {real}, outside {inside} (a symlink?): refusing it")
 
 
 def rm(url: str, recursive: bool = True) -> None:

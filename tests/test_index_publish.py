@@ -1,4 +1,5 @@
-"""Publishing: a concurrent reader sees the old version or the new one, never a mix; retention."""
+"""Publishing: a concurrent reader sees the old version or the new one, never a mix; retention, its order (seq) and
+its exclusion from publish (the root lock, and without one the never-newer-than-live rule)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from index import layout, storage
+from index.errors import NoLiveVersionError
 from index.search import SearchIndex
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
@@ -69,11 +71,36 @@ def test_concurrent_reader_sees_old_or_new_never_a_mix(tmp_path):
     assert layout.list_versions(root) == [published[-1]]
 
 
-def test_current_is_replaced_atomically(tmp_path):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[str, str]:
+    """(root, version): one real small version whose folder the tests below clone under other names."""
+    tmp = tmp_path_factory.mktemp("built")
+    write_embeddings(tmp / "emb.parquet", np.random.default_rng(1).standard_normal((200, 16)).astype(np.float32))
+    root = str(tmp / "root")
+    result = build_index(str(tmp / "emb.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10),
+                         beam_args=BEAM)
+    return root, result.version
+
+
+def clone(built: tuple[str, str], root: str, name: str | None = None) -> str:
+    """A complete copy of the built version under ``name`` in ``root`` (its manifest rewritten by
+    ``layout.write_manifest``, which records the next seq: clones are ordered as they are made)."""
+    src_root, src = built
+    name = name or layout.new_version_name()
+    source = Path(layout.version_dir(src_root, src))
+    for path in source.rglob("*"):
+        if path.is_file() and path.name != layout.MANIFEST:
+            storage.write_bytes(storage.join(layout.version_dir(root, name), str(path.relative_to(source))),
+                                path.read_bytes())
+    manifest = json.loads((source / layout.MANIFEST).read_text())
+    manifest["version"] = name
+    layout.write_manifest(root, name, manifest)
+    return name
+
+
+def test_current_is_replaced_atomically(tmp_path, built):
     root = str(tmp_path / "root")
-    names = [layout.new_version_name() for _ in range(2)]
-    for v in names:
-        layout.write_manifest(root, v, {"version": v})
+    names = [clone(built, root) for _ in range(2)]
     stop = threading.Event()
     bad: list[str | None] = []
 
@@ -91,17 +118,15 @@ def test_current_is_replaced_atomically(tmp_path):
     stop.set()
     t.join()
     assert not bad
-    assert not [p for p in Path(root).iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in Path(root).iterdir() if p.name.startswith(".") and p.name != layout.ROOT_LOCK]
 
 
-def test_retention_keeps_last_k_and_never_the_live_one(tmp_path):
+def test_retention_keeps_last_k_and_never_the_live_one(tmp_path, built):
     import datetime as dt
 
     root = str(tmp_path / "root")
     now = dt.datetime.now(dt.UTC)
-    complete = [layout.new_version_name(now - dt.timedelta(hours=h)) for h in (50, 40, 30, 20, 10)]
-    for v in complete:
-        layout.write_manifest(root, v, {"version": v})
+    complete = [clone(built, root, layout.new_version_name(now - dt.timedelta(hours=h))) for h in (50, 40, 30, 20, 10)]
     stale = layout.new_version_name(now - dt.timedelta(hours=30))   # crashed build, long ago
     fresh = layout.new_version_name(now - dt.timedelta(minutes=5))  # a build that may still be running
     for v in (stale, fresh):
@@ -117,6 +142,85 @@ def test_retention_keeps_last_k_and_never_the_live_one(tmp_path):
     assert json.loads(Path(layout.manifest_url(root, complete[0])).read_text())["version"] == complete[0]
     with pytest.raises(ValueError):
         layout.apply_retention(root, keep=0)
+
+
+def test_versions_are_ordered_by_seq_not_by_their_time_stamped_names(tmp_path, built):
+    """A build on a machine whose clock is a day ahead names its version "tomorrow". It must not stay the newest:
+    the next builds are newer, and retention keeps those."""
+    import datetime as dt
+
+    root = str(tmp_path / "root")
+    now = dt.datetime.now(dt.UTC)
+    first = clone(built, root)
+    ahead = clone(built, root, layout.new_version_name(now + dt.timedelta(days=1)))
+    later = [clone(built, root) for _ in range(2)]
+    assert layout.complete_versions(root) == [first, ahead, *later]  # the order they were made in
+    assert [layout.read_manifest(root, v)["seq"] for v in (first, ahead, *later)] == [0, 1, 2, 3]
+    layout.publish(root, later[-1], keep_versions=2)
+    assert layout.list_versions(root) == sorted(later)  # the version from "tomorrow" went as the older one
+
+
+def test_publish_waits_for_a_running_retention(tmp_path, built):
+    """Two threads (flock locks belong to open files, so they exclude each other as processes do): retention
+    pauses after its first deletion while another thread publishes a version retention is about to delete. The
+    publish waits for the root lock and then finds the version gone; CURRENT never names a deleted version."""
+    root = str(tmp_path / "root")
+    versions = [clone(built, root) for _ in range(4)]
+    layout.publish(root, versions[-1])
+    paused, resume = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def pause(_: str) -> None:
+        if not paused.is_set():
+            paused.set()
+            resume.wait(30)
+
+    def retention() -> None:
+        outcome["deleted"] = layout.apply_retention(root, keep=1, on_delete=pause)
+
+    def rollback() -> None:
+        try:
+            layout.publish(root, versions[1])
+            outcome["published"] = True
+        except NoLiveVersionError as e:
+            outcome["published"] = e
+
+    a = threading.Thread(target=retention)
+    a.start()
+    assert paused.wait(30)  # retention deleted versions[0] and holds the lock
+    b = threading.Thread(target=rollback)
+    b.start()
+    b.join(1.0)
+    assert b.is_alive(), "publish did not wait for the retention in progress"
+    assert layout.read_current(root) == versions[-1]
+    resume.set()
+    a.join(30)
+    b.join(30)
+    assert outcome["deleted"] == versions[:3]
+    assert isinstance(outcome["published"], NoLiveVersionError)  # too late: retention had deleted it
+    assert layout.read_current(root) == versions[-1] and layout.is_complete(root, versions[-1])
+    SearchIndex.open(root)
+
+
+def test_retention_without_a_root_lock_never_deletes_newer_than_live(tmp_path, built):
+    """On an object store (memory:// here) nothing excludes another process's publish: retention keeps every
+    version newer than the live one, which is what such a publish would make live; a local root (locked) keeps
+    only the newest ``keep``."""
+    local = str(tmp_path / "root")
+    store = "memory://ldot-test-retention"
+    try:
+        out = {}
+        for root in (local, store):
+            versions = [clone(built, root) for _ in range(4)]
+            layout.publish(root, versions[1])  # rolled back
+            out[root] = (versions, layout.apply_retention(root, keep=1))
+        versions, deleted = out[store]
+        assert deleted == [versions[0]] and layout.list_versions(store) == sorted(versions[1:])
+        versions, deleted = out[local]
+        assert deleted == [versions[0], versions[2]]
+        SearchIndex.open(store)
+    finally:
+        storage.rm(store)
 
 
 def test_object_store_root_via_fsspec(tmp_path):
