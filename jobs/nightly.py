@@ -1,7 +1,8 @@
 """``ldot nightly``: the incremental, crash-safe rebuild for cron (see the pipeline.nightly package for how it works).
 
-Exit codes: 0 ok (published, or nothing changed), 1 the run broke, 2 bad settings, 3 recall guard (built, not
-published), 4 failure-rate guard (not built, not published), 75 another run holds the lock (did nothing).
+Exit codes: 0 ok (published, or nothing changed), 1 the run broke or passed its deadline, 2 bad settings, 3 recall
+guard (built, not published), 4 failure-rate or vanished-share guard (not built, not published), 75 another run
+holds the lock (did nothing).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import sys
 import click
 from click.core import ParameterSource
 
-EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke; 2 bad settings; 3 recall below "
-          "--min-recall (built, not published); 4 failure rate above --max-failure-rate (not published); 75 another "
-          "run holds the lock. In every non-zero case the live index is left as it was.")
+EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke, or passed --deadline; 2 bad settings; "
+          "3 recall below --min-recall (built, not published); 4 failure rate above --max-failure-rate, or more of "
+          "the last snapshot missing than --max-vanished-rate (not published); 75 another run holds the lock. In "
+          "every non-zero case the live index is left as it was.")
 
 # flag name -> NightlyConfig field
 _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_config", "detector_weights", "regions",
-            "random_weights", "device", "max_failure_rate", "min_recall", "keep", "shards", "factory", "max_memory",
-            "nprobe", "seed", "selfcheck_queries", "workers", "lock_file", "report", "force_build")
+            "random_weights", "device", "max_failure_rate", "max_vanished_rate", "min_recall", "keep", "shards",
+            "factory", "max_memory", "nprobe", "seed", "selfcheck_queries", "workers", "lock_file", "report",
+            "force_build", "deadline")
 
 
 @click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -40,6 +43,9 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--device", help="cpu, cuda or auto (default auto).")
 @click.option("--max-failure-rate", type=click.FloatRange(0, 1),
               help="Do not publish when more than this fraction of inputs fail (exit 4).")
+@click.option("--max-vanished-rate", type=click.FloatRange(0, 1),
+              help="Do not publish when more than this share of the last snapshot's images is missing from this "
+                   "run, not listed any more or failed (exit 4; default 0.1; 1 allows any removal).")
 @click.option("--min-recall", type=click.FloatRange(0, 1),
               help="Do not publish a version whose recall@10 self-check is below this (exit 3).")
 @click.option("--keep", type=click.IntRange(min=1), help="Snapshots and index versions kept (default 3).")
@@ -57,6 +63,9 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--report", help="Also write the run report JSON here.")
 @click.option("--force-build/--no-force-build", default=None,
               help="Build and publish a new version even when nothing changed.")
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole run may take (default 82800, 23 h): past it the run stops itself, exits 1 and "
+                   "frees the lock; the live index stays as it was.")
 @click.pass_context
 def nightly_cmd(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),

@@ -151,10 +151,10 @@ def test_incremental_counts_then_unchanged_then_retention(state, clean_final):
     before = live_vectors(root)
     change_corpus(root)
 
-    code, r = run(root, keep=2)
+    code, r = run(root, keep=2, max_vanished_rate=0.5)  # one of three photos deleted on purpose
     assert code == EXIT_OK and r["status"] == "published" and r["published"], r
     c = r["counts"]
-    assert (c["new"], c["changed"], c["carried"], c["dropped"]) == (1, 1, 1, 1)
+    assert (c["new"], c["changed"], c["carried"], c["dropped"], c["vanished"]) == (1, 1, 1, 1, 1)
     assert c["decoded"] == 2 and c["encoded"] == 2  # the carried image was neither decoded nor encoded
     v2 = live(root)
     assert v2 == r["version"] == r["snapshot"] != v1 and r["live_before"] == v1 and r["live_after"] == v2
@@ -321,7 +321,7 @@ def test_killed_at_every_stage_then_rerun_gives_the_clean_index(state, clean_fin
     v1 = live(root)
     old = live_vectors(root)
     change_corpus(root)
-    write_config(root, keep=1)
+    write_config(root, keep=1, max_vanished_rate=0.5)  # one of three photos deleted on purpose
 
     def live_is_old_and_whole() -> None:
         assert live(root) == v1

@@ -1,13 +1,17 @@
-"""The run lock: one nightly run at a time per work directory."""
+"""The run lock: one nightly run at a time per work directory.
+
+An flock (``index.locking.FileLock``): a run that dies, kill -9 included, leaves no stale lock, whatever the lock
+file says about its last holder (a dead pid, another host). A holder that is alive but stuck is ended by its own
+deadline (``NightlyConfig.deadline``); the message of a run that finds the lock held says when that is past.
+"""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
+import datetime as dt
 from typing import Any
 
 from core.errors import LockHeldError
+from index.locking import FileLock
 
 
 class LockHeld(LockHeldError):
@@ -15,47 +19,37 @@ class LockHeld(LockHeldError):
 
 
 class RunLock:
-    """An exclusive ``fcntl.flock`` on a local file. The kernel drops it when the process dies (kill -9 included),
-    so it is never stale; the file itself is never deleted (deleting an flock file races with the next holder)."""
-
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd: int | None = None
+        self._lock = FileLock(path)
 
     def acquire(self, info: dict[str, Any]) -> None:
-        """Take the lock or raise ``LockHeld`` naming the holder; ``info`` (pid, host, run) is written for the next
-        one who finds it held."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited across exec (PEP 446)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        """Take the lock or raise ``LockHeld`` naming the holder; ``info`` (pid, host, run, started, deadline_at)
+        is written for the next one who finds it held."""
+        if not self._lock.acquire(0.0):
             raise LockHeld(f"another nightly run holds the lock {self.path} ({self.holder()}); exiting without "
-                           "doing anything") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info) + "\n").encode())
-        os.fsync(fd)
-        self.fd = fd
-
-    def holder(self) -> str:
-        try:
-            with open(self.path) as f:
-                info = json.loads(f.read() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        if not info:
-            return "holder unknown"
-        return f"pid {info.get('pid')} on {info.get('host')}, run {info.get('run')}, since {info.get('started')}"
+                           "doing anything")
+        self._lock.write_info(info)
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
 
     def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+    def holder(self) -> str:
+        info = self._lock.read_info()
+        if not info:
+            return "holder unknown"
+        text = f"pid {info.get('pid')} on {info.get('host')}, run {info.get('run')}, since {info.get('started')}"
+        try:
+            past = dt.datetime.fromisoformat(str(info["deadline_at"])) < dt.datetime.now(dt.UTC)
+        except (KeyError, ValueError, TypeError):
+            past = False
+        if past:
+            text += (f"; it is past its deadline {info['deadline_at']} and should have stopped itself: it is stuck "
+                     "or was started by an older ldot; end that process")
+        return text

@@ -2,6 +2,10 @@
 
 ``run_nightly(cfg)`` returns (exit code, run report). The report is rewritten at every stage, so a run killed
 anywhere leaves a report naming the stage it died in; exit codes are ``core.errors``'.
+
+The deadline (``cfg.deadline``) ends the whole process from a timer thread (report "timeout", exit 1): the run may
+be stuck where no exception reaches it (a read that never returns, a hung Beam stage), and every stage is safe to
+cut short, as with kill -9: nothing unmarked is read and the next run's recovery removes it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 import logging
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from core.errors import EXIT_ERROR, EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GUARD, LdotError
 from index import layout, storage
-from pipeline.nightly import faults
+from index.errors import IndexIntegrityError
+from pipeline.nightly import faults, vanished
 from pipeline.nightly.lock import LockHeld, RunLock
 from pipeline.nightly.recovery import discard_partial, recover
 from pipeline.nightly.settings import NightlyConfig
@@ -29,29 +36,36 @@ log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "ldot-nightly-report/1"
 KEEP_REPORTS = 60
+DEADLINE_GRACE_S = 60.0  # past the deadline, writing the final report may take this long before the process ends
+CLOCK_SKEW_S = 300.0  # a snapshot or version dated this far after the run's clock was made by a wrong clock
+Clock = Callable[[], dt.datetime]
 
 
 class NightlyError(LdotError):
     """The run cannot go on (exit 1): e.g. nothing was embedded."""
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class Run:
     """One nightly run; ``execute`` returns the exit code and leaves the report in ``self.report``."""
 
-    def __init__(self, cfg: NightlyConfig, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: NightlyConfig, echo: Callable[[str], None] | None = None,
+                 clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.work = WorkDir(cfg.work_dir)
-        self.id = layout.new_version_name()
+        self.clock = clock or _utc_now  # names and time stamps of the run (tests set it wrong on purpose)
+        self.id = layout.new_version_name(self.clock())
         self.echo = echo or (lambda msg: log.info("%s", msg))
         self.t0 = time.time()
+        self._saving = threading.Lock()  # the report is written by the run and, at the deadline, by the timer
+        self._ended = False              # set by whichever of the two finishes the run first
         self.timings: dict[str, float] = {}
         self.report: dict[str, Any] = {
             "format": REPORT_FORMAT, "run": self.id, "status": "starting", "stage": "lock", "exit_code": None,
-            "published": False, "reason": None, "started": _now(), "finished": None,
+            "published": False, "reason": None, "started": self.now(), "finished": None,
             "pid": os.getpid(), "host": socket.gethostname(),
             "work_dir": cfg.work_dir, "index_root": cfg.index_root,
             "base_snapshot": None, "snapshot": None, "version": None, "live_before": None, "live_after": None,
@@ -60,14 +74,22 @@ class Run:
         }
 
     # -- reporting --
+    def now(self) -> str:
+        return self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def say(self, msg: str) -> None:
-        self.echo(f"[{_now()}] {msg}")
+        self.echo(f"[{self.now()}] {msg}")
 
     def stage(self, name: str) -> None:
         self.report["stage"] = name
         self.save()
 
     def save(self) -> None:
+        with self._saving:
+            if not self._ended:
+                self._write_report()
+
+    def _write_report(self) -> None:
         self.report["seconds"] = round(time.time() - self.t0, 3)
         storage.write_text(self.work.report(self.id), json.dumps(self.report, indent=2) + "\n")
 
@@ -80,40 +102,89 @@ class Run:
             self.timings[name] = round(time.time() - t, 3)
 
     def finish(self, status: str, code: int, reason: str | None, published: bool = False) -> int:
-        r = self.report
-        try:
-            live_after = layout.read_current(self.cfg.index_root)
-        except Exception as e:  # the index root itself may be what broke
-            live_after = f"unknown ({type(e).__name__}: {e})"
-        r.update(status=status, exit_code=code, reason=reason, published=published, finished=_now(),
-                 live_after=live_after)
-        self.timings["total"] = round(time.time() - self.t0, 3)
-        r["stage"] = "finished"
-        self.save()
-        storage.write_text(storage.join(self.work.root, REPORTS, "latest.json"), json.dumps(r, indent=2) + "\n")
-        if self.cfg.report:
-            storage.write_text(self.cfg.report, json.dumps(r, indent=2) + "\n")
+        self._end(status, code, reason, published)
         return code
+
+    def _end(self, status: str, code: int, reason: str | None, published: bool) -> bool:
+        """Write the last report of the run (and latest.json). Only the first caller, the run or its deadline,
+        ends it: True for that one."""
+        with self._saving:
+            if self._ended:
+                return False
+            self._ended = True
+            r = self.report
+            try:
+                live_after = layout.read_current(self.cfg.index_root)
+            except Exception as e:  # the index root itself may be what broke
+                live_after = f"unknown ({type(e).__name__}: {e})"
+            r.update(status=status, exit_code=code, reason=reason, published=published, finished=self.now(),
+                     live_after=live_after)
+            self.timings["total"] = round(time.time() - self.t0, 3)
+            r["stage"] = "finished"
+            self._write_report()
+            storage.write_text(storage.join(self.work.root, REPORTS, "latest.json"), json.dumps(r, indent=2) + "\n")
+            if self.cfg.report:
+                storage.write_text(self.cfg.report, json.dumps(r, indent=2) + "\n")
+        return True
+
+    def _start_deadline(self) -> threading.Timer | None:
+        if self.cfg.deadline is None:
+            return None
+        timer = threading.Timer(self.cfg.deadline, self._deadline_passed)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _deadline_passed(self) -> None:
+        """In the timer thread: write the report, then end the process (the kernel drops the run lock)."""
+        stage = self.report["stage"]
+        try:
+            live = layout.read_current(self.cfg.index_root)
+        except Exception as e:
+            live = f"unknown ({type(e).__name__})"
+        reason = (f"deadline of {self.cfg.deadline:g}s passed during stage {stage!r}: run stopped, lock released; "
+                  f"{live or 'nothing'} is live; the next run reuses what this one finished and removes the rest")
+        self.report["error"] = {"type": "DeadlineExceeded", "message": reason}
+        backstop = threading.Timer(DEADLINE_GRACE_S, os._exit, (EXIT_ERROR,))  # if even the report write hangs
+        backstop.daemon = True
+        backstop.start()
+        try:
+            ended = self._end("timeout", EXIT_ERROR, reason, self.report["published"])
+        except BaseException:  # the report could not be written (the storage may be what hangs): stop anyway
+            ended = True
+        if not ended:
+            return  # the run finished just before its deadline
+        self.say(f"STOPPED: {reason}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ERROR)
 
     # -- the stages --
     def execute(self) -> int:
         cfg = self.cfg
         lock = RunLock(cfg.lock_path())
-        lock.acquire({"pid": os.getpid(), "host": socket.gethostname(), "run": self.id, "started": _now()})
-        with lock:
-            faults.point("locked")
-            self.report["status"] = "running"
-            self.report["live_before"] = layout.read_current(cfg.index_root)
-            self.stage("recover")
-            try:
-                return self._execute()
-            except Exception as e:
-                code = e.exit_code if isinstance(e, LdotError) else EXIT_ERROR
-                log.debug("nightly run failed", exc_info=True)
-                self.report["error"] = {"type": type(e).__name__, "message": str(e)}
-                discard_partial(self.work, cfg.index_root, self.id, self.report.get("version"))
-                self.say(f"FAILED at stage {self.report['stage']}: {type(e).__name__}: {e}")
-                return self.finish("error", code, f"{type(e).__name__} at stage {self.report['stage']}: {e}")
+        deadline_at = (_utc_now() + dt.timedelta(seconds=cfg.deadline)).isoformat() if cfg.deadline else None
+        lock.acquire({"pid": os.getpid(), "host": socket.gethostname(), "run": self.id, "started": self.now(),
+                      "deadline_at": deadline_at})
+        timer = self._start_deadline()
+        try:
+            with lock:
+                faults.point("locked")
+                self.report["status"] = "running"
+                self.stage("recover")
+                try:
+                    self.report["live_before"] = layout.read_current(cfg.index_root)  # one not to follow: exit 1
+                    return self._execute()
+                except Exception as e:
+                    code = e.exit_code if isinstance(e, LdotError) else EXIT_ERROR
+                    log.debug("nightly run failed", exc_info=True)
+                    self.report["error"] = {"type": type(e).__name__, "message": str(e)}
+                    discard_partial(self.work, cfg.index_root, self.id, self.report.get("version"))
+                    self.say(f"FAILED at stage {self.report['stage']}: {type(e).__name__}: {e}")
+                    return self.finish("error", code, f"{type(e).__name__} at stage {self.report['stage']}: {e}")
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _execute(self) -> int:
         cfg = self.cfg
@@ -126,6 +197,7 @@ class Run:
         snapshots = self.work.complete_snapshots()
         base = base_snapshot(snapshots)
         self.report["base_snapshot"] = base
+        self.check_clock(snapshots)
         self.stage("embed")
         with self.timed("embed"):
             job_report = self.embed(base)
@@ -135,9 +207,16 @@ class Run:
         self.report.update(counts=counts, failure_rate=rate, model=job_report["model"],
                            detector=job_report["detector"])
         failure_ok = cfg.max_failure_rate is None or rate <= cfg.max_failure_rate
+        gone = None
+        if base is not None:
+            gone = vanished.measure(self.work, base, self.id, [*snapshots[base].get("inputs", []), *cfg.inputs])
+            counts["vanished"] = gone["vanished"]
+            self.report["vanished"] = gone
+        vanished_ok = cfg.max_vanished_rate is None or gone is None or gone["rate"] <= cfg.max_vanished_rate
         self.work.write_marker(self.id, {
-            "created": _now(), "base": base, "model": job_report["model"], "detector": job_report["detector"],
+            "created": self.now(), "base": base, "model": job_report["model"], "detector": job_report["detector"],
             "counts": counts, "failure_rate": rate, "failure_guard": "passed" if failure_ok else "failed",
+            "vanished_rate": gone["rate"] if gone else None, "vanished_guard": "passed" if vanished_ok else "failed",
             "inputs": cfg.inputs, "build_settings": cfg.build_settings().identity()})
         self.report["snapshot"] = self.id
         self.stage("snapshot")
@@ -145,9 +224,17 @@ class Run:
                  f"changed, {counts['carried']} carried, {counts['dropped']} dropped), {counts['failed']} failed")
         faults.point("snapshot")
 
-        if not failure_ok:
-            reason = (f"failure rate {rate:.1%} ({counts['failed']} of {counts['inputs']}) exceeds max_failure_rate "
-                      f"{cfg.max_failure_rate:.1%}: not built, not published; "
+        if not (failure_ok and vanished_ok):
+            reasons = []
+            if not failure_ok:
+                reasons.append(f"failure rate {rate:.1%} ({counts['failed']} of {counts['inputs']}) exceeds "
+                               f"max_failure_rate {cfg.max_failure_rate:.1%}")
+            if not vanished_ok:
+                assert gone is not None and cfg.max_vanished_rate is not None
+                reasons.append(f"{vanished.describe(gone)}: above max_vanished_rate {cfg.max_vanished_rate:.1%} "
+                               "(a failed mount, an emptied folder or manifest? if the removal is intended, run "
+                               "once with --max-vanished-rate 1)")
+            reason = (f"{'; '.join(reasons)}: not built, not published; "
                       f"{self.report['live_before'] or 'nothing'} stays live")
             self.say(reason)
             self.retention()
@@ -162,6 +249,20 @@ class Run:
         if isinstance(version, int):
             return version
         return self.publish(version, f"published {version}")
+
+    def check_clock(self, snapshots: dict[str, dict[str, Any]]) -> None:
+        """Warn about snapshots and versions dated after this run's clock: one of the clocks is wrong. Harmless for
+        what is carried and kept (both are ordered by sequence number), but worth an operator's look."""
+        now = self.clock()
+        ahead = sorted(name for name in {*snapshots, *layout.list_versions(self.cfg.index_root)}
+                       if (t := layout.version_time(name)) is not None
+                       and (t - now).total_seconds() > CLOCK_SKEW_S)
+        self.report["clock_skew"] = ahead
+        if ahead:
+            self.say(f"WARNING: {len(ahead)} snapshot(s)/version(s) are dated after this run's clock "
+                     f"({self.now()}): {', '.join(ahead[:3])}{' ...' if len(ahead) > 3 else ''}; the clock of this "
+                     "machine or of the run that made them is wrong. They are ordered by sequence number, not by "
+                     "name, so nothing is re-embedded or deleted because of it.")
 
     def embed(self, base: str | None) -> dict[str, Any]:
         from pipeline.embed_job import EmbedJob, run_embed_job
@@ -196,7 +297,11 @@ class Run:
             self.retention()
             return self.finish("unchanged", EXIT_OK, reason)
         if layout.is_complete(cfg.index_root, base):
-            manifest = layout.read_manifest(cfg.index_root, base)
+            try:
+                manifest = layout.read_manifest(cfg.index_root, base)
+            except IndexIntegrityError as e:
+                self.say(f"the version {base} built earlier from the same rows is unusable ({e}): building anew")
+                return None
             recall = manifest.get("selfcheck", {}).get("recall_at_k")
             if cfg.min_recall is None or (recall is not None and recall >= cfg.min_recall):
                 self.work.delete_snapshot(self.id)
@@ -289,13 +394,15 @@ def _index_summary(manifest: dict[str, Any]) -> dict[str, Any]:
                                          "build_seconds")}
 
 
-def run_nightly(cfg: NightlyConfig, echo: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
-    """One run. Returns (exit code, report). A held lock gives (EXIT_LOCKED, a report that is not written)."""
+def run_nightly(cfg: NightlyConfig, echo: Callable[[str], None] | None = None,
+                clock: Clock | None = None) -> tuple[int, dict[str, Any]]:
+    """One run. Returns (exit code, report). A held lock gives (EXIT_LOCKED, a report that is not written). Past
+    ``cfg.deadline`` the process ends (exit 1) whatever it is doing; ``clock`` names the run (default: UTC now)."""
     cfg.validate()
-    run = Run(cfg, echo)
+    run = Run(cfg, echo, clock)
     try:
         code = run.execute()
     except LockHeld as e:
-        run.report.update(status="locked", exit_code=EXIT_LOCKED, reason=str(e), finished=_now())
+        run.report.update(status="locked", exit_code=EXIT_LOCKED, reason=str(e), finished=run.now())
         return EXIT_LOCKED, run.report
     return code, run.report

@@ -19,6 +19,7 @@ from index.errors import SettingsError
 from index.settings import BuildSettings
 
 LOCK_NAME = "nightly.lock"
+DEFAULT_DEADLINE_S = 23 * 3600.0  # a nightly run still going after 23 h would collide with the next night's
 
 
 class ConfigError(UsageError):
@@ -38,6 +39,7 @@ class NightlyConfig:
     random_weights: bool = False
     device: str = "auto"
     max_failure_rate: float | None = None
+    max_vanished_rate: float | None = 0.1   # share of the base snapshot that may be missing from a run (None: off)
     min_recall: float | None = BuildSettings.min_recall
     keep: int = 3
     shards: int | None = BuildSettings.shards
@@ -50,6 +52,7 @@ class NightlyConfig:
     lock_file: str | None = None
     report: str | None = None
     force_build: bool = False
+    deadline: float | None = DEFAULT_DEADLINE_S  # seconds: past it the run stops itself (None: no deadline)
     beam_args: list[str] = dataclasses.field(default_factory=list)
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("work_dir", "index_root", "checkpoint", "encoder_config",
@@ -116,8 +119,12 @@ class NightlyConfig:
             raise ConfigError("give --work-dir and --index-root")
         if self.keep < 1:
             raise ConfigError(f"keep must be >= 1, got {self.keep}")
-        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
-            raise ConfigError(f"max_failure_rate must be within 0..1, got {self.max_failure_rate}")
+        for name in ("max_failure_rate", "max_vanished_rate"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and 0 <= value <= 1):
+                raise ConfigError(f"{name} must be a number within 0..1, got {value!r}")
+        if self.deadline is not None and not (_is_number(self.deadline) and self.deadline > 0):
+            raise ConfigError(f"deadline must be a number of seconds > 0, got {self.deadline!r}")
         if self.checkpoint is None and not self.random_weights:
             raise ConfigError("no LightningDOT weights: set checkpoint (or random_weights for a smoke run)")
         if self.regions is None and self.detector_weights is None and not self.random_weights:
@@ -141,6 +148,10 @@ class NightlyConfig:
         # an object-store work dir cannot hold an flock: use a local file named after it (one machine runs cron)
         digest = hashlib.sha256(self.work_dir.encode()).hexdigest()[:16]
         return os.path.join(os.path.expanduser("~"), ".cache", "ldot", f"nightly-{digest}.lock")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def load_config_file(path: str) -> dict[str, Any]:
