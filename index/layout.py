@@ -191,8 +191,6 @@ def apply_retention(root: str, keep: int, *, protect: Collection[str] = (), aban
     Deleted: older complete versions; incomplete ones listed in ``abandoned`` (known dead, e.g. started by a
     nightly run that was killed: under its lock none can be running) at any age; other incomplete ones older than
     ``incomplete_older_than_s`` (None: never; 0: all). ``on_delete`` is called after each deletion."""
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
     with root_lock(root) as exclusive:
         return _retention(root, keep, exclusive, protect=protect, abandoned=abandoned,
                           incomplete_older_than_s=incomplete_older_than_s, on_delete=on_delete)
@@ -201,6 +199,8 @@ def apply_retention(root: str, keep: int, *, protect: Collection[str] = (), aban
 def _retention(root: str, keep: int, exclusive: bool, *, protect: Collection[str] = (),
                abandoned: Collection[str] = (), incomplete_older_than_s: float | None = STALE_INCOMPLETE_S,
                on_delete: Callable[[str], None] | None = None) -> list[str]:
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
     complete = complete_versions(root)
     seq = {v: _seq(root, v) for v in complete}
     live = read_current(root)

@@ -244,6 +244,7 @@ def test_recall_guard_keeps_the_live_index_and_never_publishes_the_refused_versi
 # ---- the lock and the command line ---------------------------------------------------------------------------------
 
 def test_lock_held_exits_at_once_and_kill_never_leaves_a_stale_lock(tmp_path):
+    (tmp_path / "corpus").mkdir()  # a missing INPUT is refused before the lock is tried
     write_config(tmp_path)
     lock = RunLock(str(tmp_path / "work" / "nightly.lock"))
     lock.acquire({"pid": os.getpid(), "host": "test", "run": "holder-run", "started": "now"})
