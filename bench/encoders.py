@@ -1,9 +1,15 @@
 """Image-tower throughput at the published (BERT-base) size: length-bucketed vs padded-to-100, side by side.
 
-    python -m bench.encoders [--images 64] [--batch-size 16] [--repeats 3] [--device cuda --dtype bfloat16]
+    python -m bench.encoders [--images 128] [--batch-size 16] [--repeats 3] [--device cuda --dtype bfloat16]
 
 Box counts are drawn uniformly from 10..100 (what the 10–100 rule yields). "padded" runs the same tower on
-batches padded to 100 regions, as a naive implementation would; "bucketed" is ``LightningDOT.encode_images``.
+batches padded to 100 regions, as a naive implementation would; "fixed buckets" sorts by box count and cuts
+``--batch-size`` images per batch, each padded to its own longest; "token budget" is ``LightningDOT.encode_images``
+(the same sort, batches of at most ``batch-size x 101`` tokens, so short images go in larger batches). Both skip
+padding in the per-token layers (``encoders.bert.Unpadded``); only attention sees the bucket's padding.
+The FLOP ratio (padded / unpadded tower FLOPs, attention included) is the most any bucketing can gain; each
+variant's efficiency is its measured speed-up over padded divided by that ratio.
+Variants run interleaved, ``--repeats`` rounds, medians.
 """
 
 from __future__ import annotations
@@ -11,11 +17,28 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from encoders.config import EncoderConfig
 from encoders.lightningdot import LightningDOT
+
+
+def tower_flops(cfg: EncoderConfig, batches: list[np.ndarray], unpadded: bool) -> float:
+    """Multiply-adds x 2 of the image tower over batches of per-image token counts, each batch padded to its longest:
+    per-token layers on every padded position, or (``unpadded``) on real tokens only; attention always padded."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    per_token = cfg.num_layers * 2 * (4 * h * h + 2 * h * inter) + 2 * (cfg.feature_dim + cfg.box_dim) * h
+    attention = cfg.num_layers * 4 * h  # x tokens^2: Q K^T and A V
+    head = 2 * (2 * h * h + 2 * h * cfg.project_dim)
+    total = 0.0
+    for tokens in batches:
+        width = int(tokens.max())
+        total += (tokens.sum() if unpadded else len(tokens) * width) * per_token
+        total += len(tokens) * (width * width * attention + head)
+    return total
 
 
 def _padded(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: np.ndarray, batch: int) -> None:
@@ -24,7 +47,14 @@ def _padded(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: n
             f = torch.as_tensor(feats[s : s + batch]).to(model.device, model.dtype)
             b = torch.as_tensor(boxes[s : s + batch]).to(model.device, model.dtype)
             mask = (torch.arange(f.shape[1])[None] < torch.as_tensor(counts[s : s + batch])[:, None]).long()
-            model.model.img_model(f, b, mask.to(model.device)).float().cpu()
+            model.model.img_model(f, b, mask.to(model.device), unpad=False).float().cpu()
+
+
+def _fixed_buckets(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: np.ndarray, batch: int) -> None:
+    order = np.argsort(counts, kind="stable")
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        model.encode_images(feats[idx], boxes[idx], counts[idx], batch_size=len(idx))
 
 
 def main() -> None:
@@ -44,27 +74,47 @@ def main() -> None:
     boxes = np.concatenate([xy, xy + wh, wh, wh[..., :1] * wh[..., 1:]], -1)
     model = LightningDOT.random(None, device=args.device, dtype=args.dtype)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+    cuda = args.device.startswith("cuda")
 
-    def timed(fn) -> float:
+    from encoders.batching import length_buckets
+
+    tokens = counts + 1
+    padded = [np.full(min(args.batch_size, args.images - s), 101) for s in range(0, args.images, args.batch_size)]
+    fixed = [tokens[i] for i in length_buckets(tokens, args.batch_size)]
+    budget = [tokens[i] for i in length_buckets(tokens, args.images, max_tokens=args.batch_size * 101)]
+    # variant -> (its batches, whether per-token layers skip padding)
+    shapes = {"padded-100": (padded, False), "fixed buckets": (fixed, True), "token budget": (budget, True)}
+    variants: dict[str, Callable[[], object]] = {
+        "padded-100": lambda: _padded(model, feats, boxes, counts, args.batch_size),
+        "fixed buckets": lambda: _fixed_buckets(model, feats, boxes, counts, args.batch_size),
+        "token budget": lambda: model.encode_images(feats, boxes, counts, batch_size=args.batch_size),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
         fn()  # warm-up
-        runs = []
-        for _ in range(args.repeats):
-            if args.device.startswith("cuda"):
+    for _ in range(args.repeats):
+        for key, fn in variants.items():
+            if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
             fn()
-            if args.device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
-            runs.append(time.perf_counter() - t)
-        return args.images / statistics.median(runs)
-
-    bucketed = timed(lambda: model.encode_images(feats, boxes, counts, batch_size=args.batch_size))
-    padded = timed(lambda: _padded(model, feats, boxes, counts, args.batch_size))
+            times[key].append(time.perf_counter() - t)
+    cfg = model.config
+    ideal = tower_flops(cfg, [np.array([n]) for n in tokens], unpadded=True)
+    flop_ratio = tower_flops(cfg, *shapes["padded-100"]) / ideal
+    padded_speed = args.images / statistics.median(times["padded-100"])
     print(f"device: {name}, dtype {args.dtype}, BERT-base image tower, {args.images} images, "
           f"boxes uniform 10..100 (mean {counts.mean():.1f}), batch {args.batch_size}, median of {args.repeats}")
-    print(f"bucketed  : {bucketed:8.1f} images/s")
-    print(f"padded-100: {padded:8.1f} images/s")
-    print(f"ratio bucketed/padded: {bucketed / padded:.2f}x")
+    print(f"FLOP ratio padded / unpadded: {flop_ratio:.2f}x (the most any bucketing can gain)")
+    for key in variants:
+        speed = args.images / statistics.median(times[key])
+        gain = speed / padded_speed
+        flops = tower_flops(cfg, *shapes[key])
+        print(f"{key:14s}: {speed:7.2f} images/s, {len(shapes[key][0]):3d} batches, {flops / ideal:.3f}x the unpadded "
+              f"FLOPs, {flops / statistics.median(times[key]) / 1e9:6.1f} GFLOP/s, speed-up {gain:.2f}x = "
+              f"{gain / flop_ratio:.0%} of the FLOP ratio")
 
 
 if __name__ == "__main__":

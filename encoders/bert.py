@@ -7,11 +7,38 @@ given ``transformers`` release names or registers its buffers, and so attention 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoders.config import EncoderConfig
+
+
+@dataclass(frozen=True)
+class Unpadded:
+    """Where the real tokens of a padded [B, N] batch are. Per-token layers (every Linear, LayerNorm and GELU: ~97%
+    of the FLOPs) then run on the [T, H] real tokens only and only attention sees the padded layout; a batch of
+    mixed lengths costs what its tokens cost, which bucketing alone cannot reach (padding inside buckets, and
+    small GEMMs for buckets of short items). bench/encoders.py measures it."""
+
+    index: torch.Tensor  # [T] positions of real tokens in the flattened [B * N]
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> Unpadded:
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), *attention_mask.shape)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] -> [T, H]."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, H] -> [B, N, H], zeros at padding."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy_(0, self.index, x).view(self.batch, self.length, x.shape[-1])
 
 
 class BertSelfAttention(nn.Module):
@@ -23,18 +50,24 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
-        """Every position of ``hidden`` is attended; outputs are computed for ``queries`` (default: all of them)."""
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor, queries: torch.Tensor | None = None,
+                layout: Unpadded | None = None) -> torch.Tensor:
+        """Every position of ``hidden`` is attended; outputs are computed for ``queries`` (default: all of them).
+        With ``layout``, ``hidden`` is [T, H] real tokens (see ``Unpadded``) and so is the output."""
+        if layout is not None:
+            q, k, v = (layout.pad(lin(hidden)) for lin in (self.query, self.key, self.value))
+            return layout.unpad(self._attend(q, k, v, additive_mask))
         queries = hidden if queries is None else queries
-        b, h = hidden.shape[0], hidden.shape[2]
+        return self._attend(self.query(queries), self.key(hidden), self.value(hidden), additive_mask)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        b, h = k.shape[0], k.shape[2]
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-        q, k, v = heads(self.query(queries)), heads(self.key(hidden)), heads(self.value(hidden))
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask)
-        return ctx.transpose(1, 2).reshape(b, queries.shape[1], h)
+        ctx = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=additive_mask)
+        return ctx.transpose(1, 2).reshape(b, q.shape[1], h)
 
 
 class BertSelfOutput(nn.Module):
@@ -53,9 +86,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)
         self.output = BertSelfOutput(cfg)
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
-        return self.output(self.self(hidden, additive_mask, queries), hidden if queries is None else queries)
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor, queries: torch.Tensor | None = None,
+                layout: Unpadded | None = None) -> torch.Tensor:
+        return self.output(self.self(hidden, additive_mask, queries, layout), hidden if queries is None else queries)
 
 
 class BertIntermediate(nn.Module):
@@ -84,9 +117,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
-        attended = self.attention(hidden, additive_mask, queries)
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor, queries: torch.Tensor | None = None,
+                layout: Unpadded | None = None) -> torch.Tensor:
+        attended = self.attention(hidden, additive_mask, queries, layout)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -95,14 +128,24 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        """attention_mask: [B, N], 1 for real tokens and 0 for padding -> [B, N, H].
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cls_only: bool = False,
+                unpad: bool = False) -> torch.Tensor:
+        """attention_mask: [B, N], 1 for real tokens and 0 for padding -> [B, N, H] (zeros at padding if ``unpad``).
 
         ``cls_only``: -> [B, 1, H], the final state of position 0 alone. The last layer then computes its query,
         attention output and FFN for that one position (its keys and values still cover every token): the same
         numbers for ~1/L less work, which matters for a text query of ~12 tokens (7% of BERT-base's FLOPs).
+        ``unpad``: per-token layers skip padding (``Unpadded``); a data-dependent shape, so not for ONNX export.
         """
+        if cls_only and unpad:
+            raise ValueError("cls_only and unpad do not combine")
         additive = additive_attention_mask(attention_mask, hidden.dtype)
+        if unpad:
+            layout = Unpadded.of(attention_mask)
+            hidden = layout.unpad(hidden)
+            for layer in self.layer:
+                hidden = layer(hidden, additive, layout=layout)
+            return layout.pad(hidden)
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             hidden = layer(hidden, additive, hidden[:, :1] if cls_only and i == last else None)

@@ -128,14 +128,16 @@ class LightningDOT:
         """[B,N,F] features, [B,N,6|7] normalised boxes, [B] box counts -> [B, D] float32.
 
         Rows are regrouped by box count and each group is trimmed to its own longest image, so padding costs
-        nothing and an image's embedding does not depend on its batch-mates.
+        nothing and an image's embedding does not depend on its batch-mates. ``batch_size`` bounds the tokens of
+        a group (``batch_size`` images of the input's width): groups of short images hold more of them.
         """
         feats = torch.as_tensor(features)
         bxs = torch.as_tensor(boxes)
         counts = torch.as_tensor(num_boxes).long().reshape(-1)
         self._check_image_inputs(feats, bxs, counts)
         out = np.empty((feats.shape[0], self.config.project_dim), dtype=np.float32)
-        for idx in length_buckets(counts.numpy(), batch_size):
+        tokens = counts.numpy() + 1  # regions + the [CLS] slot
+        for idx in length_buckets(tokens, max(len(tokens), 1), max_tokens=batch_size * (feats.shape[1] + 1)):
             width = int(counts[idx].max())
             sel = torch.as_tensor(idx)
             f = feats[sel, :width].to(self.device, self.dtype)

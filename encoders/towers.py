@@ -55,14 +55,15 @@ class UniterImageModel(nn.Module):
         self.img_embeddings = ImageEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor,
+                unpad: bool = True) -> torch.Tensor:
         b = features.shape[0]
         cls_ids = torch.full((b, 1), CLS_ID, dtype=torch.long, device=features.device)
         cls = self.embeddings(cls_ids)  # word[101] + pos[0] + type[0], LayerNorm
         regions = self.img_embeddings(features, boxes, self.embeddings.token_type_embeddings.weight[1])
         hidden = torch.cat([cls, regions], dim=1)
         mask = torch.cat([torch.ones_like(region_mask[:, :1]), region_mask], dim=1)
-        return self.encoder(hidden, mask)
+        return self.encoder(hidden, mask, unpad=unpad)
 
 
 class BertTextModel(nn.Module):
@@ -83,9 +84,11 @@ class ImageTower(nn.Module):
         self.bert = UniterImageModel(cfg)
         self.encode_proj = ProjectionHead(cfg)
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
-        """features [B,N,F], boxes [B,N,7], region_mask [B,N] -> [B, project_dim]."""
-        return self.encode_proj(self.bert(features, boxes, region_mask)[:, 0])
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor,
+                unpad: bool = True) -> torch.Tensor:
+        """features [B,N,F], boxes [B,N,7], region_mask [B,N] -> [B, project_dim]. ``unpad=False`` computes the
+        padding too (same result; what bench/encoders.py compares against)."""
+        return self.encode_proj(self.bert(features, boxes, region_mask, unpad)[:, 0])
 
 
 class TextTower(nn.Module):

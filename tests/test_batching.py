@@ -1,0 +1,38 @@
+"""Length buckets with a token budget, and the image tower skipping padding (``Unpadded``) vs computing it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.batching import length_buckets
+from encoders.config import TINY_CONFIG
+from encoders.lightningdot import LightningDOT
+
+
+def test_token_budget_groups_short_items_in_larger_batches():
+    lengths = np.array([101, 11, 50, 11, 11, 101, 11, 30, 200])
+    batches = list(length_buckets(lengths, batch_size=100, max_tokens=202))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))  # every item exactly once
+    assert all(len(b) * lengths[b].max() <= 202 or len(b) == 1 for b in batches)
+    assert [lengths[b].tolist() for b in batches] == [[11, 11, 11, 11, 30], [50, 101], [101], [200]]
+    assert [len(b) for b in length_buckets(lengths, batch_size=3)] == [3, 3, 3]  # without a budget: counts only
+    assert [len(b) for b in length_buckets(lengths, batch_size=2, max_tokens=10_000)] == [2, 2, 2, 2, 1]
+    with pytest.raises(ValueError, match="max_tokens"):
+        list(length_buckets(lengths, 4, max_tokens=0))
+
+
+def test_unpadded_tower_equals_computing_the_padding():
+    model = LightningDOT.random(TINY_CONFIG, seed=4)
+    rng = np.random.default_rng(0)
+    counts = torch.tensor([1, 7, 30, 12])
+    feats = torch.as_tensor(rng.random((4, 30, model.config.feature_dim), dtype=np.float32))
+    boxes = torch.as_tensor(rng.random((4, 30, 7), dtype=np.float32))
+    mask = (torch.arange(30)[None] < counts[:, None]).long()
+    feats = feats * mask[..., None]
+    with torch.inference_mode():
+        skipped = model.model.img_model(feats, boxes, mask)
+        computed = model.model.img_model(feats, boxes, mask, unpad=False)
+    np.testing.assert_allclose(skipped.numpy(), computed.numpy(), atol=1e-5, rtol=0)
+    assert (skipped[0] - skipped[1]).abs().max() > 1e-3
