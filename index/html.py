@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 THUMB = 256
@@ -35,9 +35,11 @@ def thumbnail_src(uri: str, size: int = THUMB) -> str | None:
 
 
 def render_results_html(queries: Sequence[str], results: Sequence[Sequence[dict[str, Any]]],
-                        manifest: dict[str, Any] | None = None, title: str = "ldot search") -> str:
+                        manifest: dict[str, Any] | None = None, title: str = "ldot search", *, header: str = "",
+                        thumbnail: Callable[[str], str | None] = thumbnail_src) -> str:
     """``results[q]`` is a list of {rank, score, image_id, uri} dicts for ``queries[q]`` (re-ranked results also
-    carry ``rerank_score``, ``dot_score`` and ``dot_rank``: both scores are shown)."""
+    carry ``rerank_score``, ``dot_score`` and ``dot_rank``: both scores are shown). ``header``: HTML placed under
+    the title as is (``ldot serve``'s search form); ``thumbnail``: URI -> ``<img src>`` (a server caches it)."""
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -49,6 +51,7 @@ def render_results_html(queries: Sequence[str], results: Sequence[Sequence[dict[
         "justify-content:center;color:#888}",
         "</style></head><body>",
         f"<h1>{e(title)}</h1>",
+        header,
     ]
     if manifest:
         parts.append(f"<p class='meta'>index version {e(str(manifest.get('version')))}, "
@@ -57,7 +60,7 @@ def render_results_html(queries: Sequence[str], results: Sequence[Sequence[dict[
     for query, rows in zip(queries, results, strict=True):
         parts.append(f"<h2>{e(query)}</h2><div class='grid'>")
         for r in rows:
-            src = thumbnail_src(r.get("uri") or "")
+            src = thumbnail(r.get("uri") or "")
             img = (f"<img loading='lazy' src='{e(src, quote=True)}' alt='{e(r['image_id'], quote=True)}'>"
                    if src else "<div class='missing'>no preview</div>")
             scores = f"score {r['score']:.4f}"

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-index": ("jobs.build_index:build_index_cmd", "Build and publish sharded FAISS indexes."),
     "search": ("jobs.search:search_cmd", "Search the live index with a text query."),
     "index-info": ("jobs.search:index_info_cmd", "Print the live index manifest."),
+    "serve": ("jobs.serve:serve_cmd", "Serve text search over HTTP (JSON and a search page)."),
     "eval": ("jobs.evaluate:eval_cmd", "Recall@K of embeddings (and an index) against captions."),
     "nightly": ("jobs.nightly:nightly_cmd", "Incremental, crash-safe rebuild for cron."),
 }

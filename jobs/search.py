@@ -17,6 +17,15 @@ def _utf8_texts(ctx: click.Context, param: click.Parameter, texts: tuple[str, ..
     return texts
 
 
+def model_mismatch(fingerprint: str, manifest: dict) -> str | None:
+    """Why the query model cannot search this index version, or None when it is the model that embedded it."""
+    index_model = manifest.get("model")
+    if index_model and fingerprint != index_model:
+        return (f"the query model ({fingerprint}) is not the model that embedded the index ({index_model}): "
+                "scores across different models are meaningless")
+    return None
+
+
 @click.command("search")
 @click.argument("root")
 @click.argument("texts", nargs=-1, required=True, callback=_utf8_texts)
@@ -53,9 +62,8 @@ def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None
 
     model = LightningDOT.load(checkpoint, encoder_config, random_weights=random_weights, device=device, vocab=vocab)
     index_model = idx.manifest.get("model")
-    if index_model and model.fingerprint != index_model:
-        msg = (f"the query model ({model.fingerprint}) is not the model that embedded the index ({index_model}): "
-               "scores across different models are meaningless")
+    msg = model_mismatch(model.fingerprint, idx.manifest)
+    if msg:
         if not force:
             raise click.ClickException(msg + " (use --force to search anyway)")
         click.echo(f"warning: {msg}", err=True)
