@@ -1,26 +1,37 @@
 """Query latency at the published model size: text encoding (BERT-base text tower) + index search, per query.
 
-    python -m bench.query [--vectors 100000] [--factory IVF256,PQ64] [--nprobe 16] [--queries 100]
-                          [--batch-sizes 8,32,128] [--device cpu|cuda] [--dtype float32] [--vocab vocab.txt]
-                          [--index ROOT]
+    python -m bench.query [--quick] [--vectors 100000] [--factory IVF256,PQ64] [--nprobe 16] [--queries 40]
+                          [--vocab vocab.txt] [--no-busy] [--no-serve]
 
-Random BERT-base weights (``LightningDOT.random(None)``): latency does not depend on the weights. Without
-``--vocab`` a synthetic 28996-entry vocab (bert-base-cased's size and special-token ids) is written, holding the
-query words, so queries tokenize to about as many tokens as real captions (~12-16). The index is built in-process
-with faiss from seeded clustered vectors (``--factory``), or ``--index ROOT`` opens a published one through
-``index.search.SearchIndex``. Reports p50/p99 per query for encode, search and both, at batch 1 and batched, and
-queries/s; also exact (Flat) search over the same vectors, for scale.
+Variants: "eager fp32" (``LightningDOT.encode_captions``, torch threads set per variant: this process owns them),
+"fast fp32" and "int8" (``encoders.query_encoder.QueryEncoder``, ONNX Runtime, its own per-session threads).
+Each at batch 1 with 1 and 2 intra-op threads, idle and beside a busy neighbour (two CPU-burning subprocesses,
+stopped after the phase and bounded in time), all variants interleaved query by query; q/s at batch 32 (the fast
+paths split a batch across 2 workers of one thread each); error vs eager fp32; tokenization and FAISS search
+(1 and 2 OpenMP threads) on their own; the FLOP and weight-byte floors of this CPU (a measured large GEMM rate and
+memory bandwidth) beside them; and an ``ldot serve`` load test on 127.0.0.1 (1, 4, 16 concurrent clients, bounded
+in requests and seconds). ``--quick`` runs the tiny config with few queries (a smoke run, minutes).
 
-The default index is small so that it builds in well under a minute on two cores (PQ training dominates); its
-search cost (nprobe x N/nlist = 16 x 390 codes scanned) is of the same order as a 1M-vector IVF4096 at nprobe 16.
+Random weights (``LightningDOT.random``): latency does not depend on the weights (errors do: int8 on real trained
+weights is checked in tests/test_query_encoder.py). Without ``--vocab`` a synthetic 28996-entry vocab
+(bert-base-cased's size and special-token ids) is written, holding the query words, so queries tokenize to about
+as many tokens as real captions (~12-16). The search index is built in-process with faiss from seeded clustered
+vectors (``--factory``; its search cost, 16 x 390 codes scanned, is of the order of a 1M-vector IVF4096 at
+nprobe 16); the load test serves a small published Flat index built with ``index.build``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 
 import numpy as np
@@ -88,121 +99,277 @@ def pct(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+BURNER = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
 
 
-def run(queries: list[str], batch: int, encode: Callable[[list[str]], np.ndarray],
-        search: Callable[[np.ndarray], object], device: str) -> dict[str, float]:
-    enc, srch, tot = [], [], []
-    for s in range(0, len(queries) - batch + 1, batch):
-        chunk = queries[s : s + batch]
-        t0 = time.perf_counter()
-        v = encode(chunk)
-        sync(device)
-        t1 = time.perf_counter()
-        search(v)
-        t2 = time.perf_counter()
-        enc.append(t1 - t0)
-        srch.append(t2 - t1)
-        tot.append(t2 - t0)
-    e50, e99 = pct(enc)
-    s50, s99 = pct(srch)
-    t50, t99 = pct(tot)
-    return {"batch": batch, "batches": len(tot), "enc_p50": e50, "enc_p99": e99, "search_p50": s50,
-            "search_p99": s99, "p50": t50, "p99": t99, "qps": batch * len(tot) / sum(tot)}
+class BusyNeighbour:
+    """Two CPU-burning subprocesses (load ~2 more on top of ours), each ending by itself after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BusyNeighbour:
+        code = BURNER.format(seconds=self.seconds)
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait()
+
+
+def cpu_limits(seconds: float = 1.0) -> tuple[dict[int, float], float]:
+    """Measured fp32 GEMM FLOP/s of this CPU at 1 and 2 threads (a large square matmul) and memory GB/s (a sum)."""
+    rates = {}
+    a = torch.randn(1024, 1024)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.mm(a, a)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, a)
+            n += 1
+        rates[threads] = n * 2 * 1024**3 / (time.perf_counter() - t0)
+    x = np.ones(100_000_000, np.float32)
+    x.sum()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        x.sum()
+    return rates, 3 * x.nbytes / (time.perf_counter() - t0)
+
+
+def query_flops(cfg, tokens: float) -> float:
+    """Multiply-adds x 2 of one query: every layer on all tokens but the last (only [CLS]), plus the head."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    layer = 2 * (4 * h * h + 2 * h * inter)
+    last = 2 * (2 * h * h) * tokens + 2 * (2 * h * h + 2 * h * inter)
+    return (cfg.num_layers - 1) * layer * tokens + last + 2 * (2 * h * h + 2 * h * cfg.project_dim)
+
+
+def matmul_weights(cfg) -> int:
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    return cfg.num_layers * (4 * h * h + 2 * h * inter) + 2 * h * h + 2 * h * cfg.project_dim
+
+
+def interleaved(queries: list[str], variants: dict[str, Callable[[list[str]], object]]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for q in queries:
+        for key, fn in variants.items():
+            t = time.perf_counter()
+            fn([q])
+            times[key].append(time.perf_counter() - t)
+    return times
+
+
+def serve_load(root: str, vocab: str, config: str | None, queries: list[str], clients: tuple[int, ...],
+               requests: int, seconds: float, k: int) -> list[tuple[int, float, float, float, int]]:
+    """Start ``ldot serve`` on 127.0.0.1 (ephemeral port), hit /search from C client threads, stop it."""
+    cmd = [sys.executable, "-m", "jobs.cli", "serve", root, "--port", "0", "--random-weights", "--vocab", vocab,
+           "--threads", "2"] + (["--encoder-config", config] if config else [])
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    rows = []
+    try:
+        url = None
+        while url is None:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError("ldot serve did not start")
+            if line.startswith("ldot serve: http://"):
+                url = line.split()[2].rstrip("/")
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its pipe drained
+
+        def get(q: str) -> float:
+            t = time.perf_counter()
+            with urllib.request.urlopen(f"{url}/search?" + urllib.parse.urlencode({"q": q, "k": k}), timeout=60) as r:
+                json.loads(r.read())
+            return time.perf_counter() - t
+
+        for q in queries[:3]:
+            get(q)
+        def client(i: int, share: int, deadline: float, lat: list[float], lock: threading.Lock) -> None:
+            for n in range(share):
+                if time.perf_counter() > deadline:
+                    return
+                d = get(queries[(i * 7 + n) % len(queries)])
+                with lock:
+                    lat.append(d)
+
+        for c in clients:
+            lat: list[float] = []
+            lock = threading.Lock()
+            deadline = time.perf_counter() + seconds
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(i, requests // c, deadline, lat, lock))
+                       for i in range(c)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            p50, p99 = pct(lat)
+            rows.append((c, p50, p99, len(lat) / wall, len(lat)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny config, few queries: a smoke run")
     ap.add_argument("--vectors", type=int, default=100_000, help="corpus size for the in-process index")
     ap.add_argument("--factory", default="IVF256,PQ64", help="faiss factory string (inner product)")
     ap.add_argument("--nprobe", type=int, default=16)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--queries", type=int, default=100, help="queries timed at batch 1")
-    ap.add_argument("--batch-sizes", default="8,32,128")
-    ap.add_argument("--batches", type=int, default=3, help="batches timed per batch size")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--queries", type=int, default=40, help="queries timed per phase at batch 1")
     ap.add_argument("--vocab", default=None, help="real bert-base-cased vocab.txt (default: synthetic)")
-    ap.add_argument("--index", default=None, help="search a published index ROOT instead of building one")
-    ap.add_argument("--no-flat", action="store_true", help="skip the exact (Flat) search comparison")
+    ap.add_argument("--no-busy", action="store_true", help="skip the busy-neighbour phases")
+    ap.add_argument("--no-serve", action="store_true", help="skip the ldot serve load test")
+    ap.add_argument("--serve-requests", type=int, default=200, help="requests per client count (bounded)")
+    ap.add_argument("--serve-seconds", type=float, default=20.0, help="seconds per client count (bounded)")
     args = ap.parse_args()
+    config = None
+    if args.quick:
+        from encoders.config import TINY_CONFIG
 
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    queries = make_queries(max(args.queries, max(batch_sizes) * args.batches) + 10)
+        config = str(TINY_CONFIG)
+        args.vectors, args.factory, args.queries, args.serve_requests = 5000, "IVF64,Flat", 12, 48
+
+    from encoders.query_encoder import QueryEncoder, build_graph
+
+    queries = make_queries(max(args.queries, 64) + 10)
     tmp = tempfile.mkdtemp(prefix="bench-query-")
     vocab = args.vocab
     if vocab is None:
         vocab = os.path.join(tmp, "vocab.txt")
-        words = {w for q in queries for w in q.replace(".", " . ").split()}
-        synthetic_vocab(vocab, words)
-
-    t0 = time.perf_counter()
-    model = LightningDOT.random(None, device=args.device, dtype=args.dtype, vocab=vocab)
-    tok = model.tokenizer()
-    lengths = [len(tok.tokenize(q)) for q in queries]
+        synthetic_vocab(vocab, {w for q in queries for w in q.replace(".", " . ").split()})
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs "
           f"(other processes on a shared machine inflate every figure)")
-    print(f"model: BERT-base text tower (random weights), {args.device} {args.dtype}, "
-          f"torch threads {torch.get_num_threads()}, loaded in {time.perf_counter() - t0:.1f}s; "
-          f"query tokens (with [CLS]/[SEP]) mean {np.mean(lengths):.1f}, max {max(lengths)}")
+    t0 = time.perf_counter()
+    model = LightningDOT.random(config, seed=0, vocab=vocab)
+    tok = model.tokenizer()
+    tokens = float(np.mean([len(tok.tokenize(q)) for q in queries]))
+    graphs = {p: build_graph(model, p) for p in ("fp32", "int8")}
+    fast = {(p, t): QueryEncoder(model, p, threads_per_query=t, workers=2, graph=graphs[p])
+            for p in ("fp32", "int8") for t in (1, 2)}
+    cfg = model.config
+    print(f"model: {'tiny' if config else 'BERT-base'} text tower (random weights), {tokens:.1f} tokens per query "
+          f"with [CLS]/[SEP]; eager model + ONNX graphs ready in {time.perf_counter() - t0:.1f}s")
 
-    def encode(texts: list[str]) -> np.ndarray:
-        return model.encode_captions(texts, batch_size=len(texts))
+    def eager(threads: int) -> Callable[[list[str]], object]:
+        def run(texts: list[str]) -> object:
+            torch.set_num_threads(threads)
+            return model.encode_captions(texts, batch_size=len(texts))
+        return run
+
+    variants: dict[str, Callable[[list[str]], object]] = {}
+    for t in (1, 2):
+        variants[f"eager fp32 {t}t"] = eager(t)
+        variants[f"fast fp32 {t}t"] = fast[("fp32", t)].encode_captions
+        variants[f"int8 {t}t"] = fast[("int8", t)].encode_captions
+    for fn in variants.values():
+        fn(queries[:1])
+
+    # error vs eager fp32
+    torch.set_num_threads(2)
+    ref = model.encode_captions(queries[:32])
+    errors = {}
+    for name, enc in (("fast fp32", fast[("fp32", 1)]), ("int8", fast[("int8", 1)])):
+        got = enc.encode_captions(queries[:32])
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        errors[name] = (float(np.abs(got - ref).max()), float(cos.min()))
+    errors["eager fp32"] = (0.0, 1.0)
 
     import faiss
 
-    t0 = time.perf_counter()
-    if args.index:
-        from index.search import SearchIndex
+    corpus = clustered(args.vectors, cfg.project_dim)
+    ann = build_faiss(corpus, args.factory, args.nprobe)
+    vecs = fast[("fp32", 1)].encode_captions(queries[: args.queries])
 
-        idx = SearchIndex.open(args.index)
+    def search_times(threads: int) -> list[float]:
+        faiss.omp_set_num_threads(threads)
+        out = []
+        for v in vecs:
+            t = time.perf_counter()
+            ann.search(v[None], args.k)
+            out.append(time.perf_counter() - t)
+        return out
 
-        def search(v: np.ndarray) -> object:
-            return idx.search(v, args.k)
+    def tokenize_times() -> list[float]:
+        out = []
+        for q in queries[: args.queries]:
+            t = time.perf_counter()
+            tok.encode([q])
+            out.append(time.perf_counter() - t)
+        return out
 
-        where = f"published index {args.index}"
-        corpus = None
-    else:
-        corpus = clustered(args.vectors, model.config.project_dim)
-        ann = build_faiss(corpus, args.factory, args.nprobe)
+    phases = {"idle": interleaved(queries[: args.queries], variants)}
+    search = {"idle": {t: search_times(t) for t in (1, 2)}}
+    tokenize = tokenize_times()
+    if not args.no_busy:
+        with BusyNeighbour(seconds=600):
+            phases["busy"] = interleaved(queries[: args.queries], variants)
+            search["busy"] = {t: search_times(t) for t in (1, 2)}
+    faiss.omp_set_num_threads(1)
 
-        def search(v: np.ndarray) -> object:
-            return ann.search(v, args.k)
+    batch = queries[:32]
+    qps = {}
+    for name, fn in (("eager fp32", eager(2)), ("fast fp32", fast[("fp32", 1)].encode_captions),
+                     ("int8", fast[("int8", 1)].encode_captions)):
+        fn(batch)
+        t = time.perf_counter()
+        fn(batch)
+        qps[name] = len(batch) / (time.perf_counter() - t)
 
-        where = f"in-process faiss {args.factory}, nprobe {args.nprobe}, {args.vectors} x {corpus.shape[1]}"
-    print(f"index: {where}, ready in {time.perf_counter() - t0:.1f}s; faiss threads {faiss.omp_get_max_threads()}")
+    rates, bandwidth = cpu_limits()
+    flops = query_flops(cfg, tokens)
+    weights = matmul_weights(cfg)
+    floors = {"eager fp32": (4, None), "fast fp32": (4, None), "int8": (1, 2.0)}  # weight bytes, int8 MAC speed-up
+    print(f"\nthis CPU: fp32 GEMM {rates[1] / 1e9:.0f} GFLOP/s on 1 thread, {rates[2] / 1e9:.0f} on 2; memory "
+          f"{bandwidth / 1e9:.1f} GB/s. One query: {flops / 1e9:.3f} GFLOP, {weights / 1e6:.1f}M matmul weights")
+    print("floor per query = max(FLOPs / rate, weight bytes / bandwidth); int8 rate taken as 2x fp32 (AVX2 "
+          "u8 x s8 multiply-adds, no VNNI)")
+    print(f"\n{'batch 1, ms':16s} {'idle 1t p50/p99':>16s} {'idle 2t p50/p99':>16s} {'busy 1t p50/p99':>16s} "
+          f"{'busy 2t p50/p99':>16s} {'floor 1t/2t':>12s} {'q/s @32':>8s} {'max|err|':>9s} {'min cos':>9s}")
+    for name in ("eager fp32", "fast fp32", "int8"):
+        cells = []
+        for phase in ("idle", "busy"):
+            for t in (1, 2):
+                if phase in phases:
+                    p50, p99 = pct(phases[phase][f"{name} {t}t"])
+                    cells.append(f"{p50:7.1f}/{p99:<8.1f}")
+                else:
+                    cells.append(f"{'-':>16s}")
+        wbytes, speedup = floors[name]
+        fl = [max(flops / (rates[t] * (speedup or 1.0)), weights * wbytes / bandwidth) * 1e3 for t in (1, 2)]
+        err, cos = errors[name]
+        print(f"{name:16s} {' '.join(cells)} {fl[0]:5.1f}/{fl[1]:<6.1f} {qps[name]:8.1f} {err:9.2e} {cos:9.6f}")
+    t50, t99 = pct(tokenize)
+    print(f"\ntokenization (1 query): p50 {t50:.3f} ms, p99 {t99:.3f} ms")
+    for phase, by_threads in search.items():
+        cells = ", ".join(f"{t} FAISS thread(s) p50 {pct(v)[0]:.2f} / p99 {pct(v)[1]:.2f} ms"
+                          for t, v in by_threads.items())
+        print(f"search {args.factory} nprobe {args.nprobe}, {args.vectors} vectors, batch 1, {phase}: {cells}")
+    best = min(pct(phases["idle"][f"fast fp32 {t}t"])[0] for t in (1, 2))
+    print(f"end to end at fp32 exactness, idle: fast fp32 {best:.1f} ms + tokenization {t50:.2f} ms + search "
+          f"{pct(search['idle'][1])[0]:.2f} ms = {best + t50 + pct(search['idle'][1])[0]:.1f} ms (goal 10 ms)")
 
-    for q in queries[:5]:  # warm-up
-        search(encode([q]))
+    if not args.no_serve:
+        from index.build import build_index
+        from tests.test_index import write_embeddings  # the embeddings contract writer
 
-    rows = [run(queries[: args.queries], 1, encode, search, args.device)]
-    for b in batch_sizes:
-        rows.append(run(queries[: b * args.batches], b, encode, search, args.device))
-    flat_rows = []
-    if corpus is not None and not args.no_flat:
-        flat = faiss.IndexFlatIP(corpus.shape[1])
-        flat.add(corpus)
-        vecs = encode(queries[:128])
-        for b in (b for b in (1, 32, 128) if b <= len(vecs)):
-            times = []
-            for s in range(0, min(len(vecs), max(b * 4, 32)) - b + 1, b):
-                t = time.perf_counter()
-                flat.search(vecs[s : s + b], args.k)
-                times.append(time.perf_counter() - t)
-            p50, p99 = pct(times)
-            flat_rows.append((b, p50, p99, b / np.median(times)))
-
-    print(f"\nper batch (ms)      {'encode p50/p99':>16} {'search p50/p99':>16} {'total p50/p99':>16} "
-          f"{'per query p50':>14} {'queries/s':>10}")
-    for r in rows:
-        print(f"batch {r['batch']:>4} x{r['batches']:<4}  {r['enc_p50']:7.1f}/{r['enc_p99']:<8.1f} "
-              f"{r['search_p50']:7.2f}/{r['search_p99']:<8.2f} {r['p50']:7.1f}/{r['p99']:<8.1f} "
-              f"{r['p50'] / r['batch']:14.2f} {r['qps']:10.1f}")
-    for b, p50, p99, qps in flat_rows:
-        print(f"exact Flat search only, batch {b:>3}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, {qps:.0f} queries/s")
+        n = min(args.vectors, 5000)
+        write_embeddings(os.path.join(tmp, "emb", "part-0.parquet"), corpus[:n], model=model.fingerprint)
+        root = os.path.join(tmp, "index")
+        build_index([os.path.join(tmp, "emb")], root, beam_args=["--runner=FnApiRunner"], n_queries=50)
+        rows = serve_load(root, vocab, config, queries, (1, 4, 16), args.serve_requests, args.serve_seconds, args.k)
+        print(f"\nldot serve (fast fp32, 2 threads) on 127.0.0.1, {n} vectors (Flat), GET /search k={args.k}:")
+        for c, p50, p99, rate, count in rows:
+            print(f"  {c:2d} clients: p50 {p50:7.1f} ms, p99 {p99:7.1f} ms, {rate:6.1f} queries/s ({count} requests)")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

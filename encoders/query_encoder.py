@@ -80,11 +80,23 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     return Path(int8_path)
 
 
+def build_graph(model: LightningDOT, precision: str = "fp32") -> bytes:
+    """The serialized ONNX graph of the model's text tower at ``precision`` (export, then quantize for int8)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    with tempfile.TemporaryDirectory(prefix="ldot-onnx-") as tmp:
+        path = export_text_tower(model, Path(tmp) / "text_fp32.onnx")
+        if precision == "int8":
+            path = quantize_int8(path, Path(tmp) / "text_int8.onnx")
+        return path.read_bytes()
+
+
 class QueryEncoder:
-    """``encode_texts`` / ``encode_captions`` of a ``LightningDOT`` model on ONNX Runtime (CPU)."""
+    """``encode_texts`` / ``encode_captions`` of a ``LightningDOT`` model on ONNX Runtime (CPU). ``graph``: the
+    bytes ``build_graph`` gave for this model and precision, to make several encoders without exporting again."""
 
     def __init__(self, model: LightningDOT, precision: str = "fp32", *, threads_per_query: int = 1,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, graph: bytes | None = None) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -99,17 +111,14 @@ class QueryEncoder:
         self.threads_per_query = threads_per_query
         self.workers = workers or len(os.sched_getaffinity(0))
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="ldot-onnx-") as tmp:
-            path = export_text_tower(model, Path(tmp) / "text_fp32.onnx")
-            if precision == "int8":
-                path = quantize_int8(path, Path(tmp) / "text_int8.onnx")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads_per_query
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # spin-waiting threads steal the core a busy neighbour (or a concurrent query) needs
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads_per_query
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # spin-waiting threads steal the core a busy neighbour (or a concurrent query) needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(graph or build_graph(model, precision), options,
+                                            providers=["CPUExecutionProvider"])
         self.build_seconds = time.perf_counter() - t0
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
