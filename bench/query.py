@@ -17,7 +17,7 @@ weights is checked in tests/test_query_encoder.py). Without ``--vocab`` a synthe
 (bert-base-cased's size and special-token ids) is written, holding the query words, so queries tokenize to about
 as many tokens as real captions (~12-16). The search index is built in-process with faiss from seeded clustered
 vectors (``--factory``; its search cost, 16 x 390 codes scanned, is of the order of a 1M-vector IVF4096 at
-nprobe 16); the load test serves a small published Flat index built with ``index.build``.
+nprobe 16); the load test serves a small published Flat index built with ``pipeline.build_index_job``.
 """
 
 from __future__ import annotations
@@ -359,13 +359,15 @@ def main() -> None:
           f"{pct(search['idle'][1])[0]:.2f} ms = {best + t50 + pct(search['idle'][1])[0]:.1f} ms (goal 10 ms)")
 
     if not args.no_serve:
-        from index.build import build_index
+        from index.settings import BuildSettings
+        from pipeline.build_index_job import build_index
         from tests.test_index import write_embeddings  # the embeddings contract writer
 
         n = min(args.vectors, 5000)
         write_embeddings(os.path.join(tmp, "emb", "part-0.parquet"), corpus[:n], model=model.fingerprint)
         root = os.path.join(tmp, "index")
-        build_index([os.path.join(tmp, "emb")], root, beam_args=["--runner=FnApiRunner"], n_queries=50)
+        build_index([os.path.join(tmp, "emb")], root, BuildSettings(selfcheck_queries=50),
+                    beam_args=["--runner=FnApiRunner"])
         rows = serve_load(root, vocab, config, queries, (1, 4, 16), args.serve_requests, args.serve_seconds, args.k)
         print(f"\nldot serve (fast fp32, 2 threads) on 127.0.0.1, {n} vectors (Flat), GET /search k={args.k}:")
         for c, p50, p99, rate, count in rows:

@@ -12,8 +12,9 @@ from bench.query import make_queries
 from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
 from encoders.query_encoder import QueryEncoder, split_outlier_channels
-from index.build import build_index
 from index.search import SearchIndex
+from index.settings import BuildSettings
+from pipeline.build_index_job import build_index
 from tests.helpers_minilm import CAPTIONS, minilm_model
 from tests.test_index import BEAM, write_embeddings
 
@@ -104,7 +105,7 @@ def test_real_weights_fp32_exact_and_int8_bounded_with_top10_agreement(minilm, t
     corpus = minilm.encode_captions(make_queries(400, seed=1) + CAPTIONS)
     root = tmp_path_factory.mktemp("int8-index")
     write_embeddings(root / "emb" / "part-0.parquet", corpus, model=minilm.fingerprint)
-    build_index([str(root / "emb")], str(root / "index"), beam_args=BEAM, n_queries=20)
+    build_index([str(root / "emb")], str(root / "index"), BuildSettings(selfcheck_queries=20), beam_args=BEAM)
     idx = SearchIndex.open(str(root / "index"))
     exact, approx = idx.search(eager, 10).ids, idx.search(q8, 10).ids
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])

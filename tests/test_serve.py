@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from index import layout
-from index.build import build_index
+from index.settings import BuildSettings
+from pipeline.build_index_job import build_index
 from tests.test_index import BEAM, write_embeddings
 from tests.test_search_cli import CAPTIONS, setup  # noqa: F401  (the module fixture: a tiny model and its index)
 
@@ -108,7 +109,8 @@ def test_a_new_published_version_is_served_without_a_restart(server, tmp_path):
     ids = [f"v2-photo-{i}" for i in range(len(CAPTIONS))]
     write_embeddings(tmp_path / "emb.parquet", vectors / np.linalg.norm(vectors, axis=1, keepdims=True), ids=ids,
                      model=built.model.fingerprint)
-    result = build_index([str(tmp_path / "emb.parquet")], built.index, beam_args=BEAM, n_queries=4)
+    result = build_index([str(tmp_path / "emb.parquet")], built.index, BuildSettings(selfcheck_queries=4),
+                         beam_args=BEAM)
     assert result.published and result.version != before
     deadline, body = time.monotonic() + 60, {}
     while time.monotonic() < deadline:
