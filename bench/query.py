@@ -7,7 +7,7 @@ Variants: "eager fp32" (``LightningDOT.encode_captions``, torch threads set per 
 "fast fp32" and "int8" (``encoders.query_encoder.QueryEncoder``, ONNX Runtime, its own per-session threads).
 Each at batch 1 with 1 and 2 intra-op threads, idle and beside a busy neighbour (two CPU-burning subprocesses,
 stopped after the phase and bounded in time), all variants interleaved query by query; q/s at batch 32 (the fast
-paths split a batch across 2 workers of one thread each); error vs eager fp32; tokenization and FAISS search
+paths split a batch across 1 or 2 workers of one thread each); error vs eager fp32; tokenization and FAISS search
 (1 and 2 OpenMP threads) on their own; the FLOP and weight-byte floors of this CPU (a measured large GEMM rate and
 memory bandwidth) beside them; and an ``ldot serve`` load test on 127.0.0.1 (1, 4, 16 concurrent clients, bounded
 in requests and seconds). ``--quick`` runs the tiny config with few queries (a smoke run, minutes).
@@ -317,13 +317,16 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
 
     batch = queries[:32]
-    qps = {}
-    for name, fn in (("eager fp32", eager(2)), ("fast fp32", fast[("fp32", 1)].encode_captions),
-                     ("int8", fast[("int8", 1)].encode_captions)):
-        fn(batch)
-        t = time.perf_counter()
-        fn(batch)
-        qps[name] = len(batch) / (time.perf_counter() - t)
+    qps: dict[tuple[str, int], float] = {}  # (variant, threads): eager = torch threads, fast = workers of 1 thread
+    one_worker = {p: QueryEncoder(model, p, workers=1, graph=graphs[p]) for p in ("fp32", "int8")}
+    for threads in (1, 2):
+        for name, fn in (("eager fp32", eager(threads)),
+                         ("fast fp32", (one_worker["fp32"] if threads == 1 else fast[("fp32", 1)]).encode_captions),
+                         ("int8", (one_worker["int8"] if threads == 1 else fast[("int8", 1)]).encode_captions)):
+            fn(batch)
+            t = time.perf_counter()
+            fn(batch)
+            qps[(name, threads)] = len(batch) / (time.perf_counter() - t)
 
     rates, bandwidth = cpu_limits()
     flops = query_flops(cfg, tokens)
@@ -334,7 +337,7 @@ def main() -> None:
     print("floor per query = max(FLOPs / rate, weight bytes / bandwidth); int8 rate taken as 2x fp32 (AVX2 "
           "u8 x s8 multiply-adds, no VNNI)")
     print(f"\n{'batch 1, ms':16s} {'idle 1t p50/p99':>16s} {'idle 2t p50/p99':>16s} {'busy 1t p50/p99':>16s} "
-          f"{'busy 2t p50/p99':>16s} {'floor 1t/2t':>12s} {'q/s @32':>8s} {'max|err|':>9s} {'min cos':>9s}")
+          f"{'busy 2t p50/p99':>16s} {'floor 1t/2t':>12s} {'q/s@32 1t/2t':>13s} {'max|err|':>9s} {'min cos':>9s}")
     for name in ("eager fp32", "fast fp32", "int8"):
         cells = []
         for phase in ("idle", "busy"):
@@ -347,7 +350,8 @@ def main() -> None:
         wbytes, speedup = floors[name]
         fl = [max(flops / (rates[t] * (speedup or 1.0)), weights * wbytes / bandwidth) * 1e3 for t in (1, 2)]
         err, cos = errors[name]
-        print(f"{name:16s} {' '.join(cells)} {fl[0]:5.1f}/{fl[1]:<6.1f} {qps[name]:8.1f} {err:9.2e} {cos:9.6f}")
+        print(f"{name:16s} {' '.join(cells)} {fl[0]:5.1f}/{fl[1]:<6.1f} {qps[(name, 1)]:6.1f}/{qps[(name, 2)]:<6.1f} "
+              f"{err:9.2e} {cos:9.6f}")
     t50, t99 = pct(tokenize)
     print(f"\ntokenization (1 query): p50 {t50:.3f} ms, p99 {t99:.3f} ms")
     for phase, by_threads in search.items():
