@@ -10,7 +10,8 @@ BERT-base size, a 12-token caption, batch 1, on 2 shared Zen 3 cores without AVX
   faster at 12 rows than the BLAS torch calls, and LayerNorm/GELU/attention are fused.
 - int8 (dynamic quantization of every MatMul weight, activations quantized per call): ONNX Runtime ~26 ms,
   torch's ``quantize_dynamic`` ~30 ms (and deprecated); with a busy neighbour process, torch's int8 at 2 threads
-  degrades to ~160 ms, ONNX Runtime's at one thread stays ~27 ms.
+  degrades to ~160 ms, ONNX Runtime's at one thread stays ~27 ms. (Plain per-tensor int8; the outlier split
+  below adds ~25% on MiniLM.)
 - Threads: any intra-op parallelism at batch 1 synchronises a dozen times per layer; when another process holds
   a core, every barrier waits for a descheduled thread and two threads become many times slower than one.
   So a query runs on ONE intra-op thread, without spin-waiting, on the calling thread, and a machine's cores
@@ -230,7 +231,8 @@ class QueryEncoder:
             return self._run(ids, mask) if ids.shape[0] else np.empty((0, self.config.project_dim), np.float32)
         parts = list(length_buckets(mask.sum(1), self._chunk(ids.shape[0])))
         encode = lambda idx: self._run(ids[idx], mask[idx])  # noqa: E731
-        embedded = self._executor().map(encode, parts) if len(parts) > 1 else map(encode, parts)
+        parallel = len(parts) > 1 and self.workers > 1
+        embedded = self._executor().map(encode, parts) if parallel else map(encode, parts)
         out = np.empty((ids.shape[0], self.config.project_dim), dtype=np.float32)
         for idx, emb in zip(parts, embedded, strict=True):
             out[idx] = emb
