@@ -30,6 +30,8 @@ from transforms.decoding import ALPHA_MODES
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--detector-batch-size", default=4, show_default=True, help="Images per detector forward pass.")
 @click.option("--encoder-batch-size", default=64, show_default=True, help="Images per encoder forward pass.")
+@click.option("--share-models/--no-share-models", default=None,
+              help="One copy of each model per GPU for all of a worker's processes. Default: on for CUDA.")
 @click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
 @click.option("--overwrite", is_flag=True, help="Replace the tables of an earlier run in OUTPUT.")
 @click.pass_context

@@ -1,5 +1,6 @@
 """The main job: INPUT images (or pre-extracted regions) -> LightningDOT embeddings in Parquet, as one Beam
-pipeline, plus ``run.json``. ``run_embed_job`` is what ``ldot index`` and the nightly job call."""
+pipeline, plus ``run.json``. ``run_embed_job`` is what ``ldot index``, ``ldot regions`` (the same pipeline in its
+regions-only mode: no encoder) and the nightly job call."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from core.errors import FailureGuardError, UsageError
+from core.paths import parquet_files
 from encoders.regions.config_files import config_path as detector_config_path
 from pipeline.beam_args import pipeline_options
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
@@ -30,7 +32,6 @@ from transforms.regions import ExtractRegions, ReadPrecomputedRegions
 from transforms.writing import FAILURES_SCHEMA, WriteRows, embeddings_schema
 
 log = logging.getLogger(__name__)
-
 
 
 class JobError(UsageError):
@@ -53,12 +54,16 @@ class EmbedJob:
     detector_weights: str | None = None
     regions: str | None = None
     keep_regions: bool = False
+    regions_only: bool = False  # ``ldot regions``: stop after extraction, write the regions table only
+    soft_labels: bool = True  # keep each region's class distribution in the regions table
+    regions_per_file: int | None = None  # most rows per regions Parquet file (None: as the runner's bundles fall)
     random_weights: bool = False
     max_failure_rate: float | None = None
     device: str = "auto"
     dtype: str = "float32"
     detector_batch_size: int = 4
     encoder_batch_size: int = 64
+    share_models: bool | None = None  # one model copy per GPU for all of a worker's processes (None: on CUDA)
     max_pixels: int = DEFAULT_MAX_PIXELS
     alpha: str = "drop"  # transparency: dropped as the original extraction's cv2.imread, or composited on white
     overwrite: bool = False
@@ -66,9 +71,14 @@ class EmbedJob:
     beam_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        if self.regions_only:
+            if self.regions is not None or self.previous is not None:
+                raise JobError("a regions-only run extracts from images: --regions and --previous do not apply")
+            if not self.inputs:
+                raise JobError("nothing to extract: give INPUT paths")
         if not self.inputs and not self.regions:
             raise JobError("nothing to index: give INPUT paths or --regions")
-        if self.checkpoint is None and not self.random_weights:
+        if self.checkpoint is None and not self.random_weights and not self.regions_only:
             raise JobError("no LightningDOT weights: give --checkpoint PATH (e.g. coco-ft.pt), or --random-weights "
                            "for a smoke run")
         if self.regions is None and self.detector_weights is None and not self.random_weights:
@@ -79,24 +89,31 @@ class EmbedJob:
         if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
             raise JobError(f"--max-failure-rate must be within 0..1, got {self.max_failure_rate}")
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The OUTPUT tables this run writes (and so replaces with ``overwrite``)."""
+        return ("regions", "failures") if self.regions_only else ("embeddings", "failures", "regions")
+
 
 @dataclass
 class Models:
-    encoder: EncoderSpec
-    detector: DetectorSpec | None
-    model_fingerprint: str
+    encoder: EncoderSpec | None  # None in a regions-only run
+    detector: DetectorSpec | None  # None with pre-extracted regions
+    model_fingerprint: str | None
     detector_fingerprint: str
 
 
 def prepare_models(job: EmbedJob) -> Models:
-    """Load both models once in the launcher: fail fast on bad weights or configs, and fingerprint them."""
-    from encoders.lightningdot import LightningDOT
+    """Load the models once in the launcher: fail fast on bad weights or configs, and fingerprint them."""
+    encoder, model_fp = None, None
+    if not job.regions_only:
+        from encoders.lightningdot import LightningDOT
 
-    model = LightningDOT.load(job.checkpoint, job.encoder_config, random_weights=job.checkpoint is None)
-    encoder = EncoderSpec(config=tuple(sorted(model.config.to_dict().items())), checkpoint=job.checkpoint,
-                          device=job.device, dtype=job.dtype)
-    model_fp = model.fingerprint
-    del model
+        model = LightningDOT.load(job.checkpoint, job.encoder_config, random_weights=job.checkpoint is None)
+        encoder = EncoderSpec(config=tuple(sorted(model.config.to_dict().items())), checkpoint=job.checkpoint,
+                              device=job.device, dtype=job.dtype)
+        model_fp = model.fingerprint
+        del model
     if job.regions is not None:
         return Models(encoder, None, model_fp, "precomputed")
     from encoders.regions import RegionExtractor
@@ -113,11 +130,13 @@ def prepare_models(job: EmbedJob) -> Models:
 
 def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
-    failures, carried = [], []
     run_id = uuid.uuid4().hex
+    done_label = "extracted" if job.regions_only else "embedded"
+    failures: dict[str, beam.PCollection] = {}  # stage label -> its failure rows
+    carried: list[beam.PCollection] = []
 
     def count(pcoll: beam.PCollection, label: str, kind: str) -> None:
-        pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind))
+        pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind, done_label=done_label))
 
     def split_by_snapshot(items: beam.PCollection) -> beam.PCollection:
         if job.previous is None:
@@ -134,43 +153,44 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
         todo = split_by_snapshot(read.ok)
         decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha)).with_outputs(FAILED, main="ok")
-        extracted = (decoded.ok
-                     | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
-                     | "Extract" >> beam.ParDo(ExtractRegions(models.detector)).with_outputs(FAILED, main="ok"))
-        failures += [listed[FAILED], read[FAILED], decoded[FAILED], extracted[FAILED]]
+        extracted = decoded.ok | "Extract" >> ExtractRegions(models.detector, job.share_models)
+        failures.update(List=listed[FAILED], Read=read[FAILED], Decode=decoded[FAILED], Extract=extracted[FAILED])
         count(listed["refs"], "Listed", LISTED)
-        count(listed[FAILED], "ListFailed", LIST_FAILED)
-        for label, pcoll in (("Read", read), ("Decode", decoded), ("Extract", extracted)):
-            count(pcoll[FAILED], f"{label}Failed", STAGE_FAILED)
         regions = extracted.ok
-    embedded = (regions
-                | "BatchRegions" >> beam.BatchElements(
-                    min_batch_size=1, max_batch_size=job.encoder_batch_size,
-                    length_fn=lambda r: r.regions.num_boxes, bucket_boundaries=[16, 32, 48, 64, 80])
-                | "Embed" >> beam.ParDo(EmbedRegions(models.encoder, models.model_fingerprint,
-                                                     models.detector_fingerprint)).with_outputs(FAILED, main="ok"))
-    failures.append(embedded[FAILED])
-    count(embedded.ok, "Embedded", EMBEDDED)
-    count(embedded[FAILED], "EmbedFailed", STAGE_FAILED)
-    for i, rows_carried in enumerate(carried):
-        count(rows_carried, f"Carried{i}", EMBEDDED)
-    all_failures = failures | "AllFailures" >> beam.Flatten()
     out = job.output.rstrip("/")
-    rows = [embedded.ok, *carried] | "AllEmbeddings" >> beam.Flatten()
-    rows | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
+    written: dict[str, beam.PCollection] = {}
+    if job.regions_only:
+        count(regions, "Extracted", EMBEDDED)
+    else:
+        embedded = regions | "Embed" >> EmbedRegions(models.encoder, models.model_fingerprint,
+                                                     models.detector_fingerprint, batch_size=job.encoder_batch_size,
+                                                     share_across_processes=job.share_models)
+        failures["Embed"] = embedded[FAILED]
+        count(embedded.ok, "Embedded", EMBEDDED)
+        for i, rows_carried in enumerate(carried):
+            count(rows_carried, f"Carried{i}", EMBEDDED)
+        rows = [embedded.ok, *carried] | "AllEmbeddings" >> beam.Flatten()
+        rows | "WriteEmbeddings" >> WriteRows(f"{out}/embeddings/part", embeddings_schema())
+        written["embeddings"] = rows
+    for label, stage_failures in failures.items():
+        count(stage_failures, f"{label}Failed", LIST_FAILED if label == "List" else STAGE_FAILED)
+    all_failures = list(failures.values()) | "AllFailures" >> beam.Flatten()
     all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
-    if job.keep_regions:
+    if job.keep_regions or job.regions_only:
         from encoders.regions.formats.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
 
+        soft = job.soft_labels
         (regions
-         | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, True))
-         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table))
-    return {"embeddings": rows, "failures": all_failures}
+         | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, soft))
+         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table,
+                                       max_rows_per_file=job.regions_per_file))
+        written["regions"] = regions
+    return {**written, "failures": all_failures}
 
 
 def _prepare_output(job: EmbedJob) -> None:
     fs, root = fsspec.core.url_to_fs(job.output)
-    for sub in ("embeddings", "failures", "regions"):
+    for sub in job.tables:
         path = f"{root.rstrip('/')}/{sub}"
         if fs.exists(path) and fs.ls(path):
             if not job.overwrite:
@@ -180,16 +200,15 @@ def _prepare_output(job: EmbedJob) -> None:
 
 
 def count_table(directory: str) -> tuple[int, list[dict[str, Any]]]:
-    """Row count of a Parquet directory, and its rows when it is small (the failures table)."""
+    """Row count of a Parquet directory (from the file footers), and its rows when it is the failures table."""
     fs, path = fsspec.core.url_to_fs(directory)
-    files = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet")) if fs.exists(path) else []
     total, rows = 0, []
-    for name in files:
-        with fs.open(name, "rb") as f:
-            table = pq.read_table(f)
-        total += table.num_rows
-        if "stage" in table.column_names:
-            rows += table.to_pylist()
+    for name in parquet_files(directory) if fs.exists(path) else []:
+        with fsspec.open(name, "rb") as f:
+            pf = pq.ParquetFile(f)
+            total += pf.metadata.num_rows
+            if "stage" in pf.schema_arrow.names:
+                rows += pf.read().to_pylist()
     return total, rows
 
 
@@ -211,7 +230,8 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     """Run to completion and return (and write) the run report; raises JobError on a broken guard."""
     job.validate()
     if job.random_weights:
-        log.warning("RANDOM WEIGHTS: embeddings are meaningless; for smoke runs and demos only")
+        made = "region features" if job.regions_only else "embeddings"
+        log.warning("RANDOM WEIGHTS: %s are meaningless; for smoke runs and demos only", made)
     _prepare_output(job)
     started = time.time()
     models = prepare_models(job)
@@ -222,18 +242,19 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     result.wait_until_finish()
     seconds = time.time() - started
     out = job.output.rstrip("/")
-    embedded, _ = count_table(f"{out}/embeddings")
+    done_key, done_table = ("extracted", "regions") if job.regions_only else ("embedded", "embeddings")
+    done, _ = count_table(f"{out}/{done_table}")
     failed, failure_rows = count_table(f"{out}/failures")
     by_stage: dict[str, int] = {}
     by_error: dict[str, int] = {}
     for row in failure_rows:
         by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + 1
         by_error[row["error"]] = by_error.get(row["error"], 0) + 1
-    total = embedded + failed
+    total = done + failed
     rate = failed / total if total else 0.0
     report = {
         "inputs": job.inputs, "regions": job.regions, "output": job.output,
-        "counts": {"inputs": total, "embedded": embedded, "failed": failed, "failed_by_stage": by_stage,
+        "counts": {"inputs": total, done_key: done, "failed": failed, "failed_by_stage": by_stage,
                    "failed_by_error": by_error},
         "counters": _counters(result),
         "failure_rate": rate, "seconds": round(seconds, 3),
@@ -248,5 +269,5 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
         json.dump(report, f, indent=2)
     if job.max_failure_rate is not None and rate > job.max_failure_rate:
         raise FailureRateError(f"failure rate {rate:.1%} ({failed} of {total}) exceeds --max-failure-rate "
-                       f"{job.max_failure_rate:.1%}; see {out}/failures/")
+                               f"{job.max_failure_rate:.1%}; see {out}/failures/")
     return report

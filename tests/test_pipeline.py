@@ -185,15 +185,19 @@ def test_alpha_option_reaches_the_decoder(tmp_path):
 def test_every_dofn_pickles_with_beams_pickler(demo_run):
     job, _, _ = demo_run
     from transforms.decoding import DecodeImages
-    from transforms.embedding import EmbedRegions
+    from transforms.embedding import EmbeddingRows, EmbedRegions
+    from transforms.embedding_handler import EmbeddingModelHandler
     from transforms.listing import ExpandInputs, KeepFirstPerId
     from transforms.progress import EMBEDDED, CountProgress
     from transforms.reading import ReadImageBytes
-    from transforms.regions import ExtractRegions
+    from transforms.region_handler import RegionModelHandler
+    from transforms.regions import ExtractRegions, RegionRecords
 
     models = prepare_models(job)
     for dofn in (ExpandInputs(), KeepFirstPerId(), ReadImageBytes(), DecodeImages(), ExtractRegions(models.detector),
-                 EmbedRegions(models.encoder, "m", "d"), CountProgress("run", EMBEDDED)):
+                 EmbedRegions(models.encoder, "m", "d"), CountProgress("run", EMBEDDED),
+                 RegionModelHandler(models.detector), EmbeddingModelHandler(models.encoder), RegionRecords(),
+                 EmbeddingRows("m", "d")):
         clone = pickler.loads(pickler.dumps(dofn))
         assert type(clone) is type(dofn)
 
@@ -208,6 +212,54 @@ def test_two_worker_processes(tmp_path, demo_run):
     b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "mp" / "embeddings")}
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_models_shared_across_worker_processes(tmp_path, demo_run):
+    """--share-models: one copy of each model serves both worker processes (Beam's multi-process sharing, the
+    GPU default); the embeddings are those of a per-process run."""
+    _, _, out = demo_run
+    report = run_embed_job(EmbedJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "shared"), share_models=True,
+                                    **TINY), workers=2)
+    assert report["counts"]["embedded"] == 7
+    a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
+    b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "shared" / "embeddings")}
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_regions_command_gives_the_regions_of_index_keep_regions(tmp_path):
+    """``ldot regions`` is the same pipeline as ``ldot index --keep-regions``: the same regions, bit for bit (a
+    16-bit PNG among them), and the same failures. One image per detector pass in both runs: batch-mates move
+    features by float rounding (within tolerance, see test_regions_model), and Beam sizes batches by timing."""
+    corpus = tmp_path / "corpus"
+    odd = make_odd_corpus(tmp_path / "odd")
+    corpus.mkdir()
+    for name in ("gray16.png", "rgba.png", "cmyk.jpg", "rotated.jpg", "truncated.jpg", "astronaut.jpg"):
+        (corpus / name).write_bytes((tmp_path / "odd" / name).read_bytes())
+    assert odd["gray16.png"] is None and odd["truncated.jpg"] == "truncated"
+    models = ["--detector-config", TINY_DETECTOR, "--random-weights", "--device", "cpu"]
+    index = CliRunner().invoke(cli, ["index", str(corpus), "--output", str(tmp_path / "index"), "--keep-regions",
+                                     "--encoder-config", TINY_ENCODER, "--detector-batch-size", "1", *models])
+    assert index.exit_code == 0, index.output
+    regions = CliRunner().invoke(cli, ["regions", str(corpus), "--output", str(tmp_path / "regions"),
+                                       "--batch-size", "1", *models])
+    assert regions.exit_code == 0, regions.output
+    want = {r["image_id"]: r for r in read_table(tmp_path / "index" / "regions")}
+    got = {r["image_id"]: r for r in read_table(tmp_path / "regions" / "regions")}
+    assert sorted(got) == ["astronaut.jpg", "cmyk.jpg", "gray16.png", "rgba.png", "rotated.jpg"]
+    assert got.keys() == want.keys()
+    for image_id, row in got.items():
+        for column in ("uri", "width", "height", "num_boxes", "features", "norm_bb", "boxes", "conf", "soft_labels"):
+            assert row[column] == want[image_id][column], f"{image_id}: {column} differs"
+
+    def failures(directory):
+        return sorted((r["image_id"], r["uri"], r["stage"], r["error"]) for r in read_table(directory / "failures"))
+
+    assert failures(tmp_path / "regions") == failures(tmp_path / "index") == [
+        ("truncated.jpg", str(corpus / "truncated.jpg"), "decode", "truncated")]
 
 
 def test_sdist_ships_every_package_and_config(tmp_path):

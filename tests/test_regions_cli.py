@@ -1,4 +1,5 @@
-"""``ldot regions`` end to end on a few small real photos (tiny config, random weights)."""
+"""``ldot regions`` end to end on a few small real photos (tiny config, random weights): the Beam pipeline in its
+regions-only mode, with the output tables of ``ldot index``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ pytest.importorskip("detectron2")
 from encoders.regions.formats import read_regions
 from jobs.cli import main
 from tests.helpers_regions import TINY_CONFIG, photo
+from tests.pipeline_helpers import read_table
 
 
 @pytest.fixture()
@@ -35,14 +37,18 @@ def test_cli_end_to_end(tmp_path, image_dir):
     result = CliRunner().invoke(main, [
         "regions", str(image_dir), str(extra), str(tmp_path / "missing.jpg"), "--output", str(out),
         "--detector-config", str(TINY_CONFIG), "--random-weights", "--batch-size", "2", "--device", "cpu",
+        "--rows-per-file", "2",
     ])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["images"] == 3 and summary["failures"] == 2
     assert summary["fingerprint"].startswith("random-")
     assert "broken.jpg" in result.stderr and "--random-weights" in result.stderr
-    assert [p.name for p in sorted(out.glob("*.parquet"))] == ["regions-00000.parquet"]
-    got = dict(read_regions(out))
+    files = sorted((out / "regions").glob("*.parquet"))
+    assert summary["files"] == [str(f) for f in files]
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 3
+    assert all(pq.read_metadata(f).num_rows <= 2 for f in files)  # --rows-per-file
+    got = dict(read_regions(out / "regions"))
     assert set(got) == {"astronaut.jpg", "sub/coffee.png", "chelsea.jpg"}
     assert (got["astronaut.jpg"].width, got["astronaut.jpg"].height) == (160, 160)
     assert (got["sub/coffee.png"].width, got["sub/coffee.png"].height) == (180, 120)
@@ -50,9 +56,9 @@ def test_cli_end_to_end(tmp_path, image_dir):
         assert 10 <= r.num_boxes <= 100 and r.features.shape[1] == 2048
         assert r.soft_labels.shape == (r.num_boxes, 1601)
         assert np.all(np.diff(r.conf) <= 0)
-    uris = pq.read_table(out / "regions-00000.parquet").column("uri").to_pylist()
+    uris = [r["uri"] for r in read_table(out / "regions")]
     assert str(extra) in uris
-    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    failures = read_table(out / "failures")
     assert {(f["image_id"], f["stage"]) for f in failures} == {("broken.jpg", "decode"), ("missing.jpg", "read")}
     assert all(f["error"] and f["message"] and f["uri"] for f in failures)
 
@@ -64,9 +70,9 @@ def test_cli_glob_and_no_soft_labels(tmp_path, image_dir):
         "--random-weights", "--no-soft-labels", "--device", "cpu",
     ])
     assert result.exit_code == 0, result.output
-    got = dict(read_regions(out))
+    got = dict(read_regions(out / "regions"))
     assert list(got) == ["sub/coffee.png"] and got["sub/coffee.png"].soft_labels is None
-    assert not (out / "failures.jsonl").exists()
+    assert read_table(out / "failures") == []
 
 
 def test_cli_requires_weights_or_random(tmp_path, image_dir):

@@ -1,18 +1,14 @@
-"""What a worker needs to load a model: small, picklable specs, loaded once per worker process.
+"""What a worker needs to load a model: small, picklable specs.
 
-Specs carry config *contents* (not local paths) and weights as fsspec URLs, so they work unchanged on
-Dataflow or Flink workers. ``load_shared`` loads one model per process and shares it across the DoFn threads
-(Beam's ``shared.Shared``), as ``apache_beam.ml.inference`` does.
+Specs carry config *contents* (not local paths) and weights as fsspec URLs, so they work unchanged on Dataflow
+or Flink workers, which cannot see the launcher's disk. Beam's ``RunInference`` (see ``transforms.inference``)
+decides how often a spec is loaded: once per worker process, or once per GPU for the whole machine.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
-
-from apache_beam.utils import shared
 
 from core.device import resolve_device
 
@@ -27,16 +23,22 @@ class EncoderSpec:
     device: str = "auto"
     dtype: str = "float32"
 
-    def load(self) -> Any:
+    @property
+    def feature_dim(self) -> int:
+        """Region feature size the image tower takes (checked per record before a batch reaches the model)."""
+        return int(dict(self.config)["feature_dim"])
+
+    def load(self, device: str | None = None) -> Any:
+        """The model on ``device`` (default: this spec's device, ``auto`` resolved in this process)."""
         from encoders.lightningdot import LightningDOT
 
         return LightningDOT.load(self.checkpoint, dict(self.config), random_weights=self.checkpoint is None,
-                                 seed=self.seed, device=self.device, dtype=self.dtype)
+                                 seed=self.seed, device=device or self.device, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """The bottom-up-attention detector: its YAML config text, and weights (``None`` = damped random)."""
+    """The bottom-up-attention detector: its merged YAML config text, and weights (``None`` = damped random)."""
 
     config_text: str
     config_name: str
@@ -44,25 +46,10 @@ class DetectorSpec:
     device: str = "auto"
     batch_size: int = 4
 
-    def load(self) -> Any:
+    def load(self, device: str | None = None) -> Any:
+        """The extractor on ``device`` (default: this spec's device), built from the config text itself."""
         from encoders.regions import RegionExtractor
 
-        fd, path = tempfile.mkstemp(suffix=".yaml", prefix="ldot-detector-")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.config_text)
-        try:
-            return RegionExtractor.from_config(path, weights=self.weights, device=resolve_device(self.device),
-                                               batch_size=self.batch_size)
-        finally:
-            os.unlink(path)
-
-
-class SharedModel:
-    """A handle a DoFn keeps; ``get()`` returns the one model of this spec in this process."""
-
-    def __init__(self, spec: EncoderSpec | DetectorSpec) -> None:
-        self.spec = spec
-        self._shared = shared.Shared()
-
-    def get(self) -> Any:
-        return self._shared.acquire(self.spec.load, tag=repr(self.spec))
+        return RegionExtractor.from_config_text(self.config_text, weights=self.weights,
+                                                device=resolve_device(device or self.device),
+                                                batch_size=self.batch_size)

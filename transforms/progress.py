@@ -16,14 +16,15 @@ from typing import Any
 
 import apache_beam as beam
 
-LISTED, LIST_FAILED, EMBEDDED, STAGE_FAILED = "listed", "list_failed", "embedded", "stage_failed"
+LISTED, LIST_FAILED, EMBEDDED, STAGE_FAILED = "listed", "list_failed", "embedded", "stage_failed"  # EMBEDDED: done
 
 
-def progress_line(ok: int, failed: int, seconds: float, total: int | None, width: int = 30) -> str:
+def progress_line(ok: int, failed: int, seconds: float, total: int | None, width: int = 30,
+                  done_label: str = "embedded") -> str:
     """``[#######.......] 120/400  30%  embedded 118, failed 2  4.1 images/s  ETA 1m08s`` (no bar without a total)."""
     done = ok + failed
     rate = done / max(seconds, 1e-9)
-    counts = f"embedded {ok}, failed {failed}  {rate:.1f} images/s"
+    counts = f"{done_label} {ok}, failed {failed}  {rate:.1f} images/s"
     if not total:
         return counts
     frac = min(done / total, 1.0)
@@ -36,8 +37,9 @@ def progress_line(ok: int, failed: int, seconds: float, total: int | None, width
 class Tally:
     """One run's counts in this process; prints at most every ``every`` seconds, and when the last input lands."""
 
-    def __init__(self, every: float) -> None:
+    def __init__(self, every: float, done_label: str = "embedded") -> None:
         self.every = every
+        self.done_label = done_label
         self.lock = threading.Lock()
         self.total = self.ok = self.failed = 0
         self.start = self.last = time.monotonic()
@@ -55,7 +57,9 @@ class Tally:
             finished = self.total > 0 and self.ok + self.failed == self.total
             if kind != LISTED and (now - self.last >= self.every or finished):
                 self.last = now
-                self._print(progress_line(self.ok, self.failed, now - self.start, self.total or None), finished)
+                line = progress_line(self.ok, self.failed, now - self.start, self.total or None,
+                                     done_label=self.done_label)
+                self._print(line, finished)
 
     def _print(self, line: str, finished: bool) -> None:
         if self.tty:
@@ -69,19 +73,20 @@ _TALLIES: dict[str, Tally] = {}
 _TALLIES_LOCK = threading.Lock()
 
 
-def tally(run_id: str, every: float = 5.0) -> Tally:
+def tally(run_id: str, every: float = 5.0, done_label: str = "embedded") -> Tally:
     with _TALLIES_LOCK:
-        return _TALLIES.setdefault(run_id, Tally(every))
+        return _TALLIES.setdefault(run_id, Tally(every, done_label))
 
 
 class CountProgress(beam.DoFn):
-    """Counts each element of one terminal PCollection as ``kind`` in the run's tally; outputs nothing."""
+    """Counts each element of one terminal PCollection as ``kind`` in the run's tally; outputs nothing.
+    ``done_label`` names what a finished input became (``embedded``, or ``extracted`` for a regions-only run)."""
 
-    def __init__(self, run_id: str, kind: str, every_seconds: float = 5.0) -> None:
-        self.run_id, self.kind, self.every = run_id, kind, every_seconds
+    def __init__(self, run_id: str, kind: str, every_seconds: float = 5.0, done_label: str = "embedded") -> None:
+        self.run_id, self.kind, self.every, self.done_label = run_id, kind, every_seconds, done_label
 
     def setup(self) -> None:
-        self.tally = tally(self.run_id, self.every)
+        self.tally = tally(self.run_id, self.every, self.done_label)
 
     def process(self, element: Any) -> Iterator[Any]:
         self.tally.add(self.kind)

@@ -1,4 +1,5 @@
-"""Region-feature stages: run the detector on batches of decoded images, or read features extracted before."""
+"""Region-feature stages: run the detector on decoded images (Beam's RunInference), or read features extracted
+before."""
 
 from __future__ import annotations
 
@@ -8,40 +9,38 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
 
-from transforms.models import DetectorSpec, SharedModel
-from transforms.records import FAILED, DecodedImage, RegionRecord, failure
+from encoders.regions.types import Regions
+from transforms.inference import SplitResults
+from transforms.models import DetectorSpec
+from transforms.records import FAILED, DecodedImage, RegionRecord
+from transforms.region_handler import RegionModelHandler
 
 
-class ExtractRegions(beam.DoFn):
-    """list[DecodedImage] -> RegionRecord per image. The model is loaded once per worker; a batch that fails
-    is retried one image at a time, so one bad image costs only itself."""
+class RegionRecords(SplitResults):
+    """Extraction results -> RegionRecord (main) or an ``extract`` failure row; boxes per image as a metric."""
 
-    def __init__(self, spec: DetectorSpec) -> None:
-        self.model = SharedModel(spec)
-        self.ok = Metrics.counter("ldot", "extracted")
-        self.failed = Metrics.counter("ldot", "failed_extract")
+    def __init__(self) -> None:
+        super().__init__("extract", "extracted", "failed_extract")
         self.boxes = Metrics.distribution("ldot", "boxes_per_image")
 
-    def setup(self) -> None:
-        self.extractor = self.model.get()
+    def output(self, example: DecodedImage, inference: Regions) -> RegionRecord:
+        self.boxes.update(inference.num_boxes)
+        return RegionRecord(example.image_id, example.uri, example.sha256, inference)
 
-    def process(self, batch: list[DecodedImage]) -> Iterator[Any]:
-        try:
-            results = list(zip(batch, self.extractor.extract([im.pixels for im in batch]), strict=True))
-        except Exception:
-            results = []
-            for im in batch:
-                try:
-                    results.append((im, self.extractor.extract([im.pixels])[0]))
-                except Exception as e:
-                    self.failed.inc()
-                    yield beam.pvalue.TaggedOutput(
-                        FAILED, failure(im.image_id, im.uri, "extract", type(e).__name__, str(e)))
-        for im, regions in results:
-            self.ok.inc()
-            self.boxes.update(regions.num_boxes)
-            yield RegionRecord(im.image_id, im.uri, im.sha256, regions)
+
+class ExtractRegions(beam.PTransform):
+    """DecodedImage -> RegionRecord per image (``ok``) and failure rows (``failed``), through ``RunInference``."""
+
+    def __init__(self, spec: DetectorSpec, share_across_processes: bool | None = None) -> None:
+        super().__init__()
+        self.handler = RegionModelHandler(spec, share_across_processes)
+
+    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (images
+                | "Detector" >> RunInference(self.handler)
+                | "Split" >> beam.ParDo(RegionRecords()).with_outputs(FAILED, main="ok"))
 
 
 def regions_digest(regions: Any) -> str:

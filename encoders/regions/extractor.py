@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 
-from encoders.regions.modeling import load_config
+from encoders.regions.modeling import add_butd_config, load_config
 from encoders.regions.selection import best_attributes, select_regions
 from encoders.regions.types import Regions
 from encoders.regions.weights import damp_random_weights, load_weights
@@ -30,6 +31,16 @@ def caffe_test_scale(height: int, width: int, min_size: int, max_size: int) -> f
     if max_size > 0 and round(scale * long) > max_size:
         scale = float(max_size) / float(long)
     return scale
+
+
+def config_from_text(text: str) -> CfgNode:
+    """A merged detector config dumped as YAML -> the frozen CPU config, on detectron2's defaults plus ours (so a
+    key the text lacks keeps its default and an unknown key is an error, as with a file)."""
+    cfg = add_butd_config(get_cfg())
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
 
 
 def canonical_config(cfg) -> str:
@@ -90,8 +101,25 @@ class RegionExtractor:
     ) -> RegionExtractor:
         """``weights=None``: damped random weights (a warning is logged; for smoke runs and tests only).
         Otherwise a local path or fsspec URL to a detectron2 ``.pkl`` converted from Caffe or a ``.pth``."""
+        return cls.from_cfg(load_config(str(config_path), "cpu"), weights, device, batch_size)
+
+    @classmethod
+    def from_config_text(
+        cls,
+        text: str,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 4,
+    ) -> RegionExtractor:
+        """From a merged config's YAML text (``cfg.dump()``, ``_BASE_`` already resolved): what a worker gets,
+        since it cannot read the launcher's files. Parsed with ``yaml.safe_load`` (yacs' ``load_cfg``): the
+        text can never run code."""
+        return cls.from_cfg(config_from_text(text), weights, device, batch_size)
+
+    @classmethod
+    def from_cfg(cls, cfg: CfgNode, weights: str | Path | None, device: str, batch_size: int) -> RegionExtractor:
+        """From a loaded config: the one place the model is built, so every route gives the same fingerprint."""
         # built on the CPU (seeded, so random weights are the same everywhere), then moved to ``device``
-        cfg = load_config(str(config_path), "cpu")
         cfg_text = canonical_config(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
