@@ -6,8 +6,9 @@
 The Beam pipeline of ``ldot index`` in its regions-only mode: the same listing, reading, decoding and
 extraction, no encoder. Writes ``DIR/regions/*.parquet`` (schema:
 ``encoders.regions.formats.regions_table.REGIONS_SCHEMA``, as ``ldot index --keep-regions``),
-``DIR/failures/*.parquet`` (``image_id, uri, stage, error, message``) and ``DIR/run.json``; each failure is also
-printed to stderr. Exit status 0 when the run completed (even with failures).
+``DIR/failures/*.parquet`` (``image_id, uri, stage, error, message``) and ``DIR/run.json``, plus the regions
+table's image_id map for lookups (``encoders.regions.formats.regions_lookup``); each failure is also printed to
+stderr. Exit status 0 when the run completed (even with failures).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.launch_checks import (
     require_existing,
     warn_if_workers_lack_detectron2,
 )
+from transforms.decoding import ALPHA_MODES
 
 
 @click.command("regions", cls=BeamFlagsCommand, options_metavar="INPUT... [OPTIONS] [BEAM FLAGS] [-- INPUT...]")
@@ -36,6 +38,9 @@ from pipeline.launch_checks import (
 @click.option("--random-weights", is_flag=True, help="Use damped random weights (smoke runs and demos only).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="drop", show_default=True,
+              help="Transparent pixels: drop alpha as the original extraction (cv2.imread) did, or composite on "
+                   "white.")
 @click.option("--soft-labels/--no-soft-labels", default=True, show_default=True,
               help="Store the 1601-way class distribution of each region.")
 @click.option("--rows-per-file", default=1000, show_default=True, type=click.IntRange(min=1),
@@ -45,7 +50,7 @@ from pipeline.launch_checks import (
 @click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
 @click.pass_context
 def regions_cmd(ctx: click.Context, output: str, detector_config: str, detector_weights: str | None,
-                random_weights: bool, batch_size: int, device: str, soft_labels: bool, rows_per_file: int,
+                random_weights: bool, batch_size: int, device: str, alpha: str, soft_labels: bool, rows_per_file: int,
                 share_models: bool | None, workers: int | None) -> None:
     """Extract bottom-up-attention region features of INPUT images (directories, globs, files, fsspec URLs,
     .csv/.jsonl/.parquet manifests) into Parquet. Any other flag (--runner, ...) is passed to Beam. Local paths are
@@ -72,7 +77,7 @@ def regions_cmd(ctx: click.Context, output: str, detector_config: str, detector_
         click.echo("warning: --random-weights: the region features are meaningless (smoke run only)", err=True)
     job = EmbedJob(inputs=inputs, output=output, detector_config=detector_config, detector_weights=detector_weights,
                    random_weights=random_weights, regions_only=True, soft_labels=soft_labels,
-                   regions_per_file=rows_per_file, device=device, detector_batch_size=batch_size,
+                   regions_per_file=rows_per_file, device=device, detector_batch_size=batch_size, alpha=alpha,
                    share_models=share_models, overwrite=True, beam_args=beam_args)
     try:
         report = run_embed_job(job, workers=workers)

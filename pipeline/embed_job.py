@@ -177,13 +177,19 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
     all_failures = list(failures.values()) | "AllFailures" >> beam.Flatten()
     all_failures | "WriteFailures" >> WriteRows(f"{out}/failures/part", FAILURES_SCHEMA)
     if job.keep_regions or job.regions_only:
-        from encoders.regions.formats.regions_table import REGIONS_SCHEMA, regions_to_row, rows_to_table
+        from encoders.regions.formats.regions_table import (
+            REGIONS_SCHEMA,
+            ROW_GROUP_ROWS,
+            regions_to_row,
+            rows_to_table,
+        )
 
         soft = job.soft_labels
+        # each written table is one row group: ROW_GROUP_ROWS images, so a lookup by image_id decodes no others
         (regions
          | "RegionRows" >> beam.Map(lambda r: regions_to_row(r.image_id, r.uri, r.regions, soft))
-         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=64, to_table=rows_to_table,
-                                       max_rows_per_file=job.regions_per_file))
+         | "WriteRegions" >> WriteRows(f"{out}/regions/part", REGIONS_SCHEMA, batch_size=ROW_GROUP_ROWS,
+                                       to_table=rows_to_table, max_rows_per_file=job.regions_per_file))
         written["regions"] = regions
     return {**written, "failures": all_failures}
 
@@ -245,6 +251,11 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     done_key, done_table = ("extracted", "regions") if job.regions_only else ("embedded", "embeddings")
     done, _ = count_table(f"{out}/{done_table}")
     failed, failure_rows = count_table(f"{out}/failures")
+    regions_map = None
+    if job.keep_regions or job.regions_only:  # the image_id -> row group map that serves re-ranking lookups
+        from encoders.regions.formats.regions_lookup import write_regions_map
+
+        regions_map = write_regions_map(f"{out}/regions")
     by_stage: dict[str, int] = {}
     by_error: dict[str, int] = {}
     for row in failure_rows:
@@ -256,7 +267,7 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
         "inputs": job.inputs, "regions": job.regions, "output": job.output,
         "counts": {"inputs": total, done_key: done, "failed": failed, "failed_by_stage": by_stage,
                    "failed_by_error": by_error},
-        "counters": _counters(result),
+        "counters": _counters(result), "regions_map": regions_map,
         "failure_rate": rate, "seconds": round(seconds, 3),
         "images_per_s": round(total / seconds, 3) if seconds > 0 else None,
         "model": models.model_fingerprint, "detector": models.detector_fingerprint,

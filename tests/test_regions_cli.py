@@ -14,6 +14,7 @@ from PIL import Image
 pytest.importorskip("detectron2")
 
 from encoders.regions.formats import read_regions
+from encoders.regions.formats.regions_lookup import build_regions_map, open_region_store, read_regions_map
 from jobs.cli import main
 from tests.helpers_regions import TINY_CONFIG, photo
 from tests.pipeline_helpers import read_table
@@ -56,6 +57,12 @@ def test_cli_end_to_end(tmp_path, image_dir):
         assert 10 <= r.num_boxes <= 100 and r.features.shape[1] == 2048
         assert r.soft_labels.shape == (r.num_boxes, 1601)
         assert np.all(np.diff(r.conf) <= 0)
+    # one image per row group, and the image_id map re-ranking looks regions up with
+    assert all(pq.read_metadata(f).num_row_groups == pq.read_metadata(f).num_rows for f in files)
+    assert read_regions_map(str(out / "regions")).equals(build_regions_map(str(out / "regions")), check_metadata=True)
+    fetched = open_region_store(str(out / "regions"), write_map=False).fetch(["chelsea.jpg", "missing.jpg"])
+    assert list(fetched) == ["chelsea.jpg"]
+    np.testing.assert_array_equal(fetched["chelsea.jpg"].features, got["chelsea.jpg"].features)
     uris = [r["uri"] for r in read_table(out / "regions")]
     assert str(extra) in uris
     failures = read_table(out / "failures")
