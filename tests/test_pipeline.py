@@ -215,10 +215,11 @@ def test_two_worker_processes(tmp_path, demo_run):
 
 
 @pytest.mark.slow
-def test_models_shared_across_worker_processes(tmp_path, demo_run):
+def test_models_shared_across_worker_processes(tmp_path, demo_run, monkeypatch):
     """--share-models: one copy of each model serves both worker processes (Beam's multi-process sharing, the
     GPU default); the embeddings are those of a per-process run."""
     _, _, out = demo_run
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the workers' rendezvous files (address, lock) stay in here
     report = run_embed_job(EmbedJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "shared"), share_models=True,
                                     **TINY), workers=2)
     assert report["counts"]["embedded"] == 7
