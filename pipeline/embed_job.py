@@ -17,8 +17,8 @@ import fsspec
 import pyarrow.parquet as pq
 
 from core.errors import FailureGuardError, UsageError
-from core.paths import parquet_files
 from encoders.regions.config_files import config_path as detector_config_path
+from pipeline.accounting import parquet_rows
 from pipeline.beam_args import pipeline_options
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
@@ -206,15 +206,16 @@ def _prepare_output(job: EmbedJob) -> None:
 
 
 def count_table(directory: str) -> tuple[int, list[dict[str, Any]]]:
-    """Row count of a Parquet directory (from the file footers), and its rows when it is the failures table."""
+    """Row count of a Parquet directory, and its rows when it is small (the failures table)."""
     fs, path = fsspec.core.url_to_fs(directory)
+    files = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet")) if fs.exists(path) else []
     total, rows = 0, []
-    for name in parquet_files(directory) if fs.exists(path) else []:
-        with fsspec.open(name, "rb") as f:
-            pf = pq.ParquetFile(f)
-            total += pf.metadata.num_rows
-            if "stage" in pf.schema_arrow.names:
-                rows += pf.read().to_pylist()
+    for name in files:
+        with fs.open(name, "rb") as f:
+            table = pq.read_table(f)
+        total += table.num_rows
+        if "stage" in table.column_names:
+            rows += table.to_pylist()
     return total, rows
 
 
@@ -249,7 +250,7 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     seconds = time.time() - started
     out = job.output.rstrip("/")
     done_key, done_table = ("extracted", "regions") if job.regions_only else ("embedded", "embeddings")
-    done, _ = count_table(f"{out}/{done_table}")
+    done = parquet_rows(f"{out}/{done_table}")  # from the footers: a regions table is large
     failed, failure_rows = count_table(f"{out}/failures")
     regions_map = None
     if job.keep_regions or job.regions_only:  # the image_id -> row group map that serves re-ranking lookups
