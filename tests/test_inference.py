@@ -103,6 +103,21 @@ def test_embedding_handler_batches_by_box_count_and_rejects_bad_regions(models):
             np.testing.assert_allclose(r.inference, want, atol=1e-5, rtol=1e-4)
 
 
+def test_a_non_finite_embedding_is_a_failure_not_a_row(models):
+    """A weight gone bad (or fp16 overflow) gives NaN vectors: each record fails, named, instead of embedding."""
+    import torch
+
+    handler = EmbeddingModelHandler(models.encoder)
+    encoder = handler.load_model()
+    with torch.no_grad():
+        encoder.model.img_model.bert.img_embeddings.img_linear.weight[0, 0] = float("nan")
+    feats = np.random.default_rng(1).random((12, 2048), dtype=np.float32)
+    boxes = np.tile(np.array([[10, 10, 50, 60]], np.float32), (12, 1))
+    record = RegionRecord("x", "x", "sha", Regions.from_boxes(feats, boxes, np.ones(12), None, 100, 100))
+    (result,) = handler.run_inference([record], encoder)
+    assert result.inference.error == "non_finite_embedding" and "NaN" in result.inference.message
+
+
 def test_models_are_shared_across_processes_on_cuda_only_by_default(models):
     cpu = RegionModelHandler(models.detector)
     assert not cpu.share_model_across_processes() and cpu.model_copies() == 1

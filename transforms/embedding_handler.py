@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
+from transforms.finite import NON_FINITE_EMBEDDING, non_finite_message
 from transforms.inference import InferenceFailure, SpecModelHandler, each_or_failure
 from transforms.models import EncoderSpec
 from transforms.records import RegionRecord
@@ -32,7 +33,8 @@ def check_regions(record: RegionRecord, feature_dim: int) -> None:
 
 class EmbeddingModelHandler(SpecModelHandler[RegionRecord]):
     """Batches bucketed by box count (``encode_regions`` trims each batch to its longest image); records with
-    unusable regions fail as ``bad_regions`` without reaching the model."""
+    unusable regions fail as ``bad_regions`` without reaching the model, and a NaN/Inf embedding as
+    ``non_finite_embedding`` (never an index entry)."""
 
     def __init__(self, spec: EncoderSpec, max_batch_size: int = 64, max_regions: int = 100,
                  share_across_processes: bool | None = None) -> None:
@@ -57,7 +59,9 @@ class EmbeddingModelHandler(SpecModelHandler[RegionRecord]):
                                         [r.regions.norm_bb[:n] for r in records], batch_size=len(records))
 
         if good:
-            results.update(zip(good, each_or_failure([batch[i] for i in good], encode), strict=True))
+            for i, vector in zip(good, each_or_failure([batch[i] for i in good], encode), strict=True):
+                problem = None if isinstance(vector, InferenceFailure) else non_finite_message(vector)
+                results[i] = InferenceFailure(NON_FINITE_EMBEDDING, problem) if problem else vector
         return [PredictionResult(record, results[i]) for i, record in enumerate(batch)]
 
     def get_num_bytes(self, batch: Sequence[RegionRecord]) -> int:
