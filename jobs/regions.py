@@ -18,8 +18,9 @@ import json
 import click
 
 from core.paths import absolute, parquet_files
+from pipeline.accounting import failure_rows
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
-from pipeline.embed_job import EmbedJob, count_table, run_embed_job
+from pipeline.embed_job import EmbedJob, run_embed_job
 from pipeline.launch_checks import (
     absolute_model_paths,
     check_worker_paths,
@@ -84,7 +85,7 @@ def regions_cmd(ctx: click.Context, output: str, detector_config: str, detector_
     except ImportError as exc:  # no detectron2: the message says how to install it
         raise click.ClickException(str(exc)) from exc
     out = output.rstrip("/")
-    for row in count_table(f"{out}/failures")[1]:
+    for row in failure_rows(f"{out}/failures"):
         click.echo(f"failed: {row['image_id']} ({row['stage']}): {row['error']}: {row['message']}", err=True)
     click.echo(json.dumps({"images": report["counts"]["extracted"], "failures": report["counts"]["failed"],
                            "files": parquet_files(f"{out}/regions"), "fingerprint": report["detector"],

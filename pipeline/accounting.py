@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 
 from core.errors import LdotError
+from core.paths import parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,30 @@ class CountsMismatchError(LdotError):
     """The output tables do not hold what the pipeline's own counters say it produced."""
 
 
-def parquet_files(directory: str) -> list[str]:
-    """``*.parquet`` directly under ``directory`` (the part files ``WriteRows`` writes), sorted; none if absent."""
+def table_files(directory: str) -> list[str]:
+    """The part files of an output table (``core.paths.parquet_files``); none when the stage wrote nothing."""
     fs, path = fsspec.core.url_to_fs(directory)
     if not fs.isdir(path):
         return []
-    return sorted(fs.unstrip_protocol(f) for f in fs.glob(f"{path.rstrip('/')}/*.parquet"))
+    try:
+        return parquet_files(directory)
+    except FileNotFoundError:  # the folder exists but holds no part file
+        return []
+
+
+def failure_rows(directory: str) -> list[dict[str, Any]]:
+    """Every row of a failures table (small by the failure-rate guard), for printing them."""
+    rows: list[dict[str, Any]] = []
+    for url in table_files(directory):
+        with fsspec.open(url, "rb") as f:
+            rows += pq.read_table(f).to_pylist()
+    return rows
 
 
 def parquet_rows(directory: str) -> int:
     """Rows of a Parquet directory, from each file's footer."""
     total = 0
-    for url in parquet_files(directory):
+    for url in table_files(directory):
         with fsspec.open(url, "rb") as f:
             total += pq.read_metadata(f).num_rows
     return total
@@ -59,7 +72,7 @@ def failure_breakdown(directory: str) -> tuple[dict[str, int], dict[str, int]]:
     """(rows per stage, rows per error kind) of a failures table, reading those two columns only."""
     stages: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    for url in parquet_files(directory):
+    for url in table_files(directory):
         with fsspec.open(url, "rb") as f:
             table = pq.read_table(f, columns=["stage", "error"])
         stages.update(table.column("stage").to_pylist())
@@ -101,10 +114,11 @@ class RunCounts:
     counters: dict[str, int] | None
 
     @classmethod
-    def of_run(cls, result: Any, output: str) -> RunCounts:
+    def of_run(cls, result: Any, output: str, table: str = "embeddings") -> RunCounts:
+        """``table``: where a finished input lands (``regions`` for a regions-only run)."""
         out = output.rstrip("/")
         by_stage, by_error = failure_breakdown(f"{out}/failures")
-        return cls(out, parquet_rows(f"{out}/embeddings"), parquet_rows(f"{out}/failures"), by_stage, by_error,
+        return cls(out, parquet_rows(f"{out}/{table}"), parquet_rows(f"{out}/failures"), by_stage, by_error,
                    ldot_counters(result))
 
     def counter(self, name: str) -> int | str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -14,12 +15,12 @@ from typing import Any
 
 import apache_beam as beam
 import fsspec
-import pyarrow.parquet as pq
 
 from core.errors import FailureGuardError, UsageError
 from encoders.regions.config_files import config_path as detector_config_path
-from pipeline.accounting import parquet_rows
-from pipeline.beam_args import pipeline_options
+from pipeline.accounting import UNKNOWN, RunCounts
+from pipeline.beam_args import pipeline_options, runs_in_process
+from pipeline.progress_poll import follow
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
 from transforms.incremental import CARRIED, SplitBySnapshot
@@ -205,34 +206,6 @@ def _prepare_output(job: EmbedJob) -> None:
     fs.makedirs(root, exist_ok=True)
 
 
-def count_table(directory: str) -> tuple[int, list[dict[str, Any]]]:
-    """Row count of a Parquet directory, and its rows when it is small (the failures table)."""
-    fs, path = fsspec.core.url_to_fs(directory)
-    files = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet")) if fs.exists(path) else []
-    total, rows = 0, []
-    for name in files:
-        with fs.open(name, "rb") as f:
-            table = pq.read_table(f)
-        total += table.num_rows
-        if "stage" in table.column_names:
-            rows += table.to_pylist()
-    return total, rows
-
-
-def _counters(result: Any) -> dict[str, int]:
-    """Beam counters of the ``ldot`` namespace (carried/new/changed/dropped, per-stage counts), where the runner
-    reports them; summed over steps."""
-    try:
-        counters = result.metrics().query()["counters"]
-    except Exception:  # some runners do not report metrics to the launcher
-        return {}
-    totals: dict[str, int] = {}
-    for c in counters:
-        if c.key.metric.namespace == "ldot":
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(c.committed or 0)
-    return dict(sorted(totals.items()))
-
-
 def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     """Run to completion and return (and write) the run report; raises JobError on a broken guard."""
     job.validate()
@@ -246,29 +219,27 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     p = beam.Pipeline(options=options)
     build_pipeline(p, job, models)
     result = p.run()
-    result.wait_until_finish()
+    if runs_in_process(job.beam_args, workers):
+        result.wait_until_finish()  # the in-process bar (transforms.progress) shows the run
+    else:
+        follow(result, echo=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.time() - started
     out = job.output.rstrip("/")
     done_key, done_table = ("extracted", "regions") if job.regions_only else ("embedded", "embeddings")
-    done = parquet_rows(f"{out}/{done_table}")  # from the footers: a regions table is large
-    failed, failure_rows = count_table(f"{out}/failures")
+    run_counts = RunCounts.of_run(result, out, done_table)  # footers + Beam counters (None = unknown)
+    counts = run_counts.report()
+    if job.regions_only:
+        counts[done_key] = counts.pop("embedded")
+    failed, total, rate = counts["failed"], counts["inputs"], counts["failure_rate"]
     regions_map = None
     if job.keep_regions or job.regions_only:  # the image_id -> row group map that serves re-ranking lookups
         from encoders.regions.formats.regions_lookup import write_regions_map
 
         regions_map = write_regions_map(f"{out}/regions")
-    by_stage: dict[str, int] = {}
-    by_error: dict[str, int] = {}
-    for row in failure_rows:
-        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + 1
-        by_error[row["error"]] = by_error.get(row["error"], 0) + 1
-    total = done + failed
-    rate = failed / total if total else 0.0
     report = {
         "inputs": job.inputs, "regions": job.regions, "output": job.output,
-        "counts": {"inputs": total, done_key: done, "failed": failed, "failed_by_stage": by_stage,
-                   "failed_by_error": by_error},
-        "counters": _counters(result), "regions_map": regions_map,
+        "counts": counts,
+        "counters": UNKNOWN if run_counts.counters is None else run_counts.counters, "regions_map": regions_map,
         "failure_rate": rate, "seconds": round(seconds, 3),
         "images_per_s": round(total / seconds, 3) if seconds > 0 else None,
         "model": models.model_fingerprint, "detector": models.detector_fingerprint,
@@ -279,6 +250,7 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     }
     with fsspec.open(f"{out}/run.json", "w") as f:
         json.dump(report, f, indent=2)
+    run_counts.check()  # a run whose tables and counters disagree lost data: exit 1, naming the numbers
     if job.max_failure_rate is not None and rate > job.max_failure_rate:
         raise FailureRateError(f"failure rate {rate:.1%} ({failed} of {total}) exceeds --max-failure-rate "
                                f"{job.max_failure_rate:.1%}; see {out}/failures/")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from index import layout, storage
+from index.discard import discard_incomplete_version
 from index.errors import NoLiveVersionError
 from index.search import SearchIndex
 from index.settings import BuildSettings
@@ -240,3 +241,26 @@ def test_object_store_root_via_fsspec(tmp_path):
         assert idx.search(x[:3], 5).image_ids == np.array(names)[top].tolist()
     finally:
         storage.rm(root)
+
+
+def test_failed_build_removes_its_incomplete_version(tmp_path):
+    root = str(tmp_path / "index")
+    version = layout.new_version_name()
+    with pytest.raises(RuntimeError, match="pipeline failed"), discard_incomplete_version(root, version):
+        storage.write_text(storage.join(layout.version_dir(root, version), "trained.index"), "partial")
+        raise RuntimeError("pipeline failed")
+    assert layout.list_versions(root) == []
+
+
+def test_complete_or_live_versions_are_kept(tmp_path, built):
+    root = str(tmp_path / "index")
+    complete = layout.new_version_name()
+    with pytest.raises(ValueError), discard_incomplete_version(root, complete):
+        clone(built, root, complete)  # complete (e.g. below the recall floor)
+        raise ValueError("recall below the floor")
+    live = clone(built, root)
+    layout.publish(root, live)
+    with pytest.raises(ValueError), discard_incomplete_version(root, live):
+        storage.rm(layout.manifest_url(root, live))
+        raise ValueError("never delete what is live")
+    assert layout.list_versions(root) == sorted([complete, live])
