@@ -27,6 +27,7 @@ from transforms.progress import EMBEDDED, LIST_FAILED, LISTED, STAGE_FAILED, Cou
 from transforms.reading import ReadImageBytes
 from transforms.records import FAILED
 from transforms.regions import ExtractRegions, ReadPrecomputedRegions
+from transforms.sources import CAPTIONS_SCHEMA, ReadSources, is_source
 from transforms.writing import FAILURES_SCHEMA, WriteRows, embeddings_schema
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,16 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
     else:
         listed = p | "List" >> ListImages(job.inputs)
         read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
-        todo = split_by_snapshot(read.ok)
+        # -- inputs that hold their images (WebDataset shards, inline-bytes Parquet): transforms.sources --
+        images = read.ok
+        if any(is_source(spec) for spec in job.inputs):
+            sourced = p | "Sources" >> ReadSources(job.inputs)
+            images = (read.ok, sourced["bytes"]) | "AllImages" >> beam.Flatten()
+            failures.append(sourced[FAILED])
+            sourced["captions"] | "WriteCaptions" >> WriteRows(f"{job.output.rstrip('/')}/captions/part",
+                                                               CAPTIONS_SCHEMA)
+        # -- end of sources --
+        todo = split_by_snapshot(images)
         decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha)).with_outputs(FAILED, main="ok")
         extracted = (decoded.ok
                      | "BatchImages" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.detector_batch_size)
@@ -170,7 +180,7 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
 
 def _prepare_output(job: EmbedJob) -> None:
     fs, root = fsspec.core.url_to_fs(job.output)
-    for sub in ("embeddings", "failures", "regions"):
+    for sub in ("embeddings", "failures", "regions", "captions"):
         path = f"{root.rstrip('/')}/{sub}"
         if fs.exists(path) and fs.ls(path):
             if not job.overwrite:

@@ -32,9 +32,11 @@ from core.files import (
     open_regular,
     os_error_kind,
     printable_id,
+    transportable,
 )
 from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.records import FAILED, ImageRef, failure
+from transforms.sources.webdataset import is_source
 
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 MAX_MANIFEST_LINE = 1 << 20  # bytes; a longer CSV/JSONL line is a failure row, not a memory blow-up
@@ -344,15 +346,6 @@ def _parquet_rows(f: BinaryIO, spec: str) -> Iterator[tuple[int, Any]]:
 # ---- the pipeline stages ---------------------------------------------------------------------------------------------
 
 
-def _transportable(spec: str) -> str:
-    """An INPUT as the workers get it: a local path made absolute here, in the launcher (a worker runs in
-    another directory), and written as its ``file://`` uri when it is not UTF-8 (from the command line), which
-    Beam's string coder could not carry and ``expand_input`` reads back as the same path."""
-    if is_local(spec) and spec.strip():
-        return local_uri(os.path.abspath(os.path.expanduser(local_path(spec))))
-    return spec if is_utf8(spec) else printable_id(spec)
-
-
 class ExpandInputs(beam.DoFn):
     """(index, spec) -> ImageRef and failure rows, streamed. A spec that cannot be listed, or yields nothing at all
     (an empty folder, a glob without matches), is a failure row naming the INPUT, not a lost input."""
@@ -411,7 +404,8 @@ class ListImages(beam.PTransform):
         self.inputs = inputs
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
-        specs = [(i, _transportable(spec)) for i, spec in enumerate(self.inputs)]
+        specs = [(i, transportable(spec)) for i, spec in enumerate(self.inputs)
+                 if not is_source(spec)]  # WebDataset shards, inline-bytes Parquet: read by transforms.sources
         listed = (pbegin
                   | "Specs" >> beam.Create(specs)
                   | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(FAILED, main="refs"))
