@@ -20,7 +20,15 @@ from encoders.regions.config_files import config_path as detector_config_path
 from pipeline.beam_args import pipeline_options
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
-from transforms.incremental import CARRIED, SplitBySnapshot
+from transforms.incremental import (
+    CARRIED,
+    STAMPS,
+    STAMPS_SCHEMA,
+    SplitBySnapshot,
+    SplitRefsBySnapshot,
+    has_stamps,
+    stamp_row,
+)
 from transforms.listing import ListImages
 from transforms.models import DetectorSpec, EncoderSpec
 from transforms.progress import EMBEDDED, LIST_FAILED, LISTED, STAGE_FAILED, CountProgress
@@ -64,6 +72,7 @@ class EmbedJob:
     alpha: str = "drop"  # transparency: dropped as the original extraction's cv2.imread, or composited on white
     overwrite: bool = False
     previous: str | None = None  # an earlier embeddings directory: unchanged images are carried over from it
+    verify_content: bool = False  # with ``previous``: read and hash every image, even those whose stamp matches
     beam_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -114,7 +123,7 @@ def prepare_models(job: EmbedJob) -> Models:
 
 def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str, beam.PCollection]:
     """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
-    failures, carried = [], []
+    failures, carried, unread = [], [], []
     run_id = uuid.uuid4().hex
 
     def count(pcoll: beam.PCollection, label: str, kind: str) -> None:
@@ -124,7 +133,8 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         if job.previous is None:
             return items
         split = items | "Incremental" >> SplitBySnapshot(f"{job.previous.rstrip('/')}/*.parquet",
-                                                         models.model_fingerprint, models.detector_fingerprint)
+                                                         models.model_fingerprint, models.detector_fingerprint,
+                                                         unread[0] if unread else None)
         carried.append(split[CARRIED])
         return split["todo"]
 
@@ -132,7 +142,19 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         regions = split_by_snapshot(p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions))
     else:
         listed = p | "List" >> ListImages(job.inputs)
-        read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
+        # -- change detection from the listing's metadata: the snapshot's rows of images with its size and stamp
+        # are carried unread; every listed image's size and stamp go to stamps/ for the next run --
+        refs = listed["refs"]
+        if job.previous is not None and not job.verify_content and has_stamps(job.previous):
+            pre = refs | "CarryUnread" >> SplitRefsBySnapshot(job.previous, models.model_fingerprint,
+                                                              models.detector_fingerprint)
+            refs = pre["todo"]
+            carried.append(pre[CARRIED])
+            unread.append(pre[CARRIED])
+        (listed["refs"] | "StampRows" >> beam.Map(stamp_row)
+         | "WriteStamps" >> WriteRows(f"{job.output.rstrip('/')}/{STAMPS}/part", STAMPS_SCHEMA))
+        # -- end of change detection --
+        read = refs | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
         # -- inputs that hold their images (WebDataset shards, inline-bytes Parquet): transforms.sources --
         images = read.ok
         if any(is_source(spec) for spec in job.inputs):
@@ -180,7 +202,7 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
 
 def _prepare_output(job: EmbedJob) -> None:
     fs, root = fsspec.core.url_to_fs(job.output)
-    for sub in ("embeddings", "failures", "regions", "captions"):
+    for sub in ("embeddings", "failures", "regions", "captions", STAMPS):
         path = f"{root.rstrip('/')}/{sub}"
         if fs.exists(path) and fs.ls(path):
             if not job.overwrite:

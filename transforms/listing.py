@@ -108,8 +108,28 @@ def _relative(path: str, root: str) -> str:
     return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
 
 
-def _ref(image_id: str, uri: str, index: int) -> ImageRef:
-    return ImageRef(printable_id(image_id), uri, (index, uri))
+def _ref(image_id: str, uri: str, index: int, size: int | None = None, stamp: str | None = None) -> ImageRef:
+    return ImageRef(printable_id(image_id), uri, (index, uri), size, stamp)
+
+
+STAMP_KEYS = ("generation", "ETag", "etag", "VersionId", "mtime", "LastModified", "last_modified", "updated",
+              "created")  # what fsspec's info calls an object's version, by store (gcs, s3, local, memory...)
+
+
+def info_stamp(info: dict[str, Any]) -> str | None:
+    """The version stamp of an object from its fsspec ``info``, as ``key:value``; None if the store has none."""
+    for key in STAMP_KEYS:
+        if info.get(key) is not None:
+            return f"{key}:{info[key]}"
+    return None
+
+
+def _local_ref(image_id: str, entry: os.DirEntry, index: int) -> ImageRef:
+    try:
+        st = entry.stat()  # follows symlinks; a dangling one has no size (reading reports it)
+    except OSError:
+        return _ref(image_id, local_uri(entry.path), index)
+    return _ref(image_id, local_uri(entry.path), index, st.st_size, f"mtime_ns:{st.st_mtime_ns}")
 
 
 def _walk(root: str, index: int, start: str | None = None,
@@ -148,7 +168,7 @@ def _list_level(directory: str, root: str, index: int, seen: set[tuple[int, int]
             is_dir = False
         if not is_dir:
             if _is_image(entry.name):  # not opened here: reading refuses what is not a regular file
-                yield _ref(_relative(entry.path, root), local_uri(entry.path), index)
+                yield _local_ref(_relative(entry.path, root), entry, index)
             continue
         try:
             key = _identity(entry.path)
@@ -280,7 +300,7 @@ def _split_remote(fs: fsspec.AbstractFileSystem, root: str, index: int) -> Itera
             if name != root:
                 yield Prefix(index, fs.unstrip_protocol(root), fs.unstrip_protocol(name), remote=True)
         elif _is_image(name):
-            yield _ref(_relative(name, root), fs.unstrip_protocol(name), index)
+            yield _ref(_relative(name, root), fs.unstrip_protocol(name), index, info.get("size"), info_stamp(info))
 
 
 def list_prefix(prefix: Prefix) -> Iterator[Listed]:
@@ -290,9 +310,10 @@ def list_prefix(prefix: Prefix) -> Iterator[Listed]:
         return
     fs, root = fsspec.core.url_to_fs(prefix.root)
     _, directory = fsspec.core.url_to_fs(prefix.directory)
-    for match in sorted(fs.find(directory, withdirs=False)):
+    for match, info in sorted(fs.find(directory, withdirs=False, detail=True).items()):
         if _is_image(match):
-            yield _ref(_relative(match, root.rstrip("/")), fs.unstrip_protocol(match), prefix.index)
+            yield _ref(_relative(match, root.rstrip("/")), fs.unstrip_protocol(match), prefix.index,
+                       info.get("size"), info_stamp(info))
 
 
 # ---- manifests -------------------------------------------------------------------------------------------------------
