@@ -85,6 +85,15 @@ def is_local(uri: str) -> bool:
     return not is_url(uri)
 
 
+def transportable(spec: str) -> str:
+    """An INPUT as the workers get it: a local path made absolute here, in the launcher (a worker runs in
+    another directory), and written as its ``file://`` uri when it is not UTF-8 (from the command line), which
+    Beam's string coder could not carry and ``expand_input`` reads back as the same path."""
+    if is_local(spec) and spec.strip():
+        return local_uri(os.path.abspath(os.path.expanduser(local_path(spec))))
+    return spec if is_utf8(spec) else printable_id(spec)
+
+
 _KINDS = {errno.ENOENT: "not_found", errno.ENOTDIR: "not_found", errno.EACCES: "permission_denied",
           errno.EPERM: "permission_denied", errno.EISDIR: "is_a_directory", errno.ELOOP: "symlink_loop",
           errno.ENAMETOOLONG: "name_too_long"}

@@ -24,7 +24,7 @@ EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke, or
 _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_config", "detector_weights", "regions",
             "random_weights", "device", "max_failure_rate", "max_vanished_rate", "min_recall", "keep", "shards",
             "factory", "max_memory", "nprobe", "seed", "selfcheck_queries", "workers", "lock_file", "report",
-            "force_build", "deadline")
+            "force_build", "deadline", "verify_content")
 
 
 @click.command("nightly", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -66,6 +66,9 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--deadline", type=click.FloatRange(min=0, min_open=True),
               help="Seconds the whole run may take (default 82800, 23 h): past it the run stops itself, exits 1 and "
                    "frees the lock; the live index stays as it was.")
+@click.option("--verify-content/--no-verify-content", default=None,
+              help="Read and hash every image, even those whose size and version stamp (mtime, ETag, generation) "
+                   "match the last snapshot (which are otherwise carried over unread); e.g. for a weekly run.")
 @click.pass_context
 def nightly_cmd(ctx: click.Context, config_file: str | None, **flags: object) -> None:
     """Rebuild the index incrementally: embed new/changed INPUT images (carry the rest over from the last snapshot),

@@ -23,13 +23,22 @@ from pipeline.beam_args import pipeline_options, runs_in_process
 from pipeline.progress_poll import follow
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
-from transforms.incremental import CARRIED, SplitBySnapshot
+from transforms.incremental import (
+    CARRIED,
+    STAMPS,
+    STAMPS_SCHEMA,
+    SplitBySnapshot,
+    SplitRefsBySnapshot,
+    has_stamps,
+    stamp_row,
+)
 from transforms.listing import ListImages
 from transforms.models import DetectorSpec, EncoderSpec
 from transforms.progress import EMBEDDED, LIST_FAILED, LISTED, STAGE_FAILED, CountProgress
 from transforms.reading import ReadImageBytes
 from transforms.records import FAILED
 from transforms.regions import ExtractRegions, ReadPrecomputedRegions
+from transforms.sources import CAPTIONS_SCHEMA, ReadSources, is_source
 from transforms.writing import FAILURES_SCHEMA, WriteRows, embeddings_schema
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,7 @@ class EmbedJob:
     alpha: str = "drop"  # transparency: dropped as the original extraction's cv2.imread, or composited on white
     overwrite: bool = False
     previous: str | None = None  # an earlier embeddings directory: unchanged images are carried over from it
+    verify_content: bool = False  # with ``previous``: read and hash every image, even those whose stamp matches
     beam_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -93,7 +103,8 @@ class EmbedJob:
     @property
     def tables(self) -> tuple[str, ...]:
         """The OUTPUT tables this run writes (and so replaces with ``overwrite``)."""
-        return ("regions", "failures") if self.regions_only else ("embeddings", "failures", "regions")
+        return ("regions", "failures") if self.regions_only else ("embeddings", "failures", "regions", "captions",
+                                                                   STAMPS)
 
 
 @dataclass
@@ -135,6 +146,7 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
     done_label = "extracted" if job.regions_only else "embedded"
     failures: dict[str, beam.PCollection] = {}  # stage label -> its failure rows
     carried: list[beam.PCollection] = []
+    unread: list[beam.PCollection] = []  # carried without reading: their images are not read again
 
     def count(pcoll: beam.PCollection, label: str, kind: str) -> None:
         pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind, done_label=done_label))
@@ -143,7 +155,8 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         if job.previous is None:
             return items
         split = items | "Incremental" >> SplitBySnapshot(f"{job.previous.rstrip('/')}/*.parquet",
-                                                         models.model_fingerprint, models.detector_fingerprint)
+                                                         models.model_fingerprint, models.detector_fingerprint,
+                                                         unread[0] if unread else None)
         carried.append(split[CARRIED])
         return split["todo"]
 
@@ -151,9 +164,31 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
         regions = split_by_snapshot(p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions))
     else:
         listed = p | "List" >> ListImages(job.inputs)
-        read = listed["refs"] | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
-        todo = split_by_snapshot(read.ok)
-        decoded = todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha)).with_outputs(FAILED, main="ok")
+        # -- change detection from the listing's metadata: the snapshot's rows of images with its size and stamp
+        # are carried unread; every listed image's size and stamp go to stamps/ for the next run --
+        refs = listed["refs"]
+        if job.previous is not None and not job.verify_content and has_stamps(job.previous):
+            pre = refs | "CarryUnread" >> SplitRefsBySnapshot(job.previous, models.model_fingerprint,
+                                                              models.detector_fingerprint)
+            refs = pre["todo"]
+            carried.append(pre[CARRIED])
+            unread.append(pre[CARRIED])
+        (listed["refs"] | "StampRows" >> beam.Map(stamp_row)
+         | "WriteStamps" >> WriteRows(f"{job.output.rstrip('/')}/{STAMPS}/part", STAMPS_SCHEMA))
+        # -- end of change detection --
+        read = refs | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
+        # -- inputs that hold their images (WebDataset shards, inline-bytes Parquet): transforms.sources --
+        images = read.ok
+        if any(is_source(spec) for spec in job.inputs):
+            sourced = p | "Sources" >> ReadSources(job.inputs)
+            images = (read.ok, sourced["bytes"]) | "AllImages" >> beam.Flatten()
+            failures["Sources"] = sourced[FAILED]
+            sourced["captions"] | "WriteCaptions" >> WriteRows(f"{job.output.rstrip('/')}/captions/part",
+                                                               CAPTIONS_SCHEMA)
+        # -- end of sources --
+        todo = split_by_snapshot(images)
+        decoded = (todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha))
+                   .with_outputs(FAILED, main="ok"))
         extracted = decoded.ok | "Extract" >> ExtractRegions(models.detector, job.share_models)
         failures.update(List=listed[FAILED], Read=read[FAILED], Decode=decoded[FAILED], Extract=extracted[FAILED])
         count(listed["refs"], "Listed", LISTED)

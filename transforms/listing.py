@@ -14,7 +14,8 @@ import glob
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import apache_beam as beam
@@ -32,9 +33,11 @@ from core.files import (
     open_regular,
     os_error_kind,
     printable_id,
+    transportable,
 )
 from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.records import FAILED, ImageRef, failure
+from transforms.sources.webdataset import is_source
 
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 MAX_MANIFEST_LINE = 1 << 20  # bytes; a longer CSV/JSONL line is a failure row, not a memory blow-up
@@ -105,51 +108,81 @@ def _relative(path: str, root: str) -> str:
     return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
 
 
-def _ref(image_id: str, uri: str, index: int) -> ImageRef:
-    return ImageRef(printable_id(image_id), uri, (index, uri))
+def _ref(image_id: str, uri: str, index: int, size: int | None = None, stamp: str | None = None) -> ImageRef:
+    return ImageRef(printable_id(image_id), uri, (index, uri), size, stamp)
 
 
-def _walk(root: str, index: int) -> Iterator[Listed]:
-    """Every image file below ``root``, depth first in name order, with the OS rather than fsspec's walk (which
-    drops a directory it cannot list without a word): a directory that cannot be listed is a failure row, and
-    one reached a second time (a symlink loop, or a second link to it) is listed once and reported. Iterative,
-    so a chain of 10,000 nested directories is no recursion limit (the OS's path-length limit is a failure row)."""
-    seen = {_identity(root)}
-    stack = [root]
+STAMP_KEYS = ("generation", "ETag", "etag", "VersionId", "mtime", "LastModified", "last_modified", "updated",
+              "created")  # what fsspec's info calls an object's version, by store (gcs, s3, local, memory...)
+
+
+def info_stamp(info: dict[str, Any]) -> str | None:
+    """The version stamp of an object from its fsspec ``info``, as ``key:value``; None if the store has none."""
+    for key in STAMP_KEYS:
+        if info.get(key) is not None:
+            return f"{key}:{info[key]}"
+    return None
+
+
+def _local_ref(image_id: str, entry: os.DirEntry, index: int) -> ImageRef:
+    try:
+        st = entry.stat()  # follows symlinks; a dangling one has no size (reading reports it)
+    except OSError:
+        return _ref(image_id, local_uri(entry.path), index)
+    return _ref(image_id, local_uri(entry.path), index, st.st_size, f"mtime_ns:{st.st_mtime_ns}")
+
+
+def _walk(root: str, index: int, start: str | None = None,
+          seen: Iterable[tuple[int, int]] = ()) -> Iterator[Listed]:
+    """Every image file below ``start`` (default ``root``; ids relative to ``root``), depth first in name order,
+    with the OS rather than fsspec's walk (which drops a directory it cannot list without a word): a directory
+    that cannot be listed is a failure row, and one reached a second time (a symlink loop, or a second link to
+    it) is listed once and reported. ``seen``: directories a split listing visited already. Iterative, so a chain
+    of 10,000 nested directories is no recursion limit (the OS's path-length limit is a failure row)."""
+    visited = {_identity(root), *seen}
+    stack = [start or root]
     while stack:
-        directory = stack.pop()
-        rel_dir = _relative(directory, root) + "/" if directory != root else "./"
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            yield _failed(rel_dir, local_uri(directory), os_error_kind(e),
-                          f"cannot list directory {directory}: {e.strerror or e}")
-            continue
         subdirs = []
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if not is_dir:
-                if _is_image(entry.name):  # not opened here: reading refuses what is not a regular file
-                    yield _ref(_relative(entry.path, root), local_uri(entry.path), index)
-                continue
-            try:
-                key = _identity(entry.path)
-            except OSError as e:
-                yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), os_error_kind(e),
-                              f"cannot list directory {entry.path}: {e.strerror or e}")
-                continue
-            if key in seen:
-                yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), "symlink_loop",
-                              f"{entry.path} leads to a directory already listed (a symlink loop or a second "
-                              f"link to it): its files are listed once, under their first path")
-                continue
-            seen.add(key)
-            subdirs.append(entry.path)
+        for item in _list_level(stack.pop(), root, index, visited):
+            if isinstance(item, str):
+                subdirs.append(item)
+            else:
+                yield item
         stack.extend(reversed(subdirs))
+
+
+def _list_level(directory: str, root: str, index: int, seen: set[tuple[int, int]]) -> Iterator[Listed | str]:
+    """The images of one directory (ImageRef), its failure rows, and its sub-directories not seen yet (str)."""
+    rel_dir = _relative(directory, root) + "/" if directory != root else "./"
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        yield _failed(rel_dir, local_uri(directory), os_error_kind(e),
+                      f"cannot list directory {directory}: {e.strerror or e}")
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            if _is_image(entry.name):  # not opened here: reading refuses what is not a regular file
+                yield _local_ref(_relative(entry.path, root), entry, index)
+            continue
+        try:
+            key = _identity(entry.path)
+        except OSError as e:
+            yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), os_error_kind(e),
+                          f"cannot list directory {entry.path}: {e.strerror or e}")
+            continue
+        if key in seen:
+            yield _failed(_relative(entry.path, root) + "/", local_uri(entry.path), "symlink_loop",
+                          f"{entry.path} leads to a directory already listed (a symlink loop or a second "
+                          f"link to it): its files are listed once, under their first path")
+            continue
+        seen.add(key)
+        yield entry.path
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -201,6 +234,86 @@ def _walk_store(fs: fsspec.AbstractFileSystem, root: str, spec: str, index: int)
             elif _is_image(name):
                 yield _ref(_relative(name, root), fs.unstrip_protocol(name), index)
         stack.extend(reversed(subdirs))
+
+
+# ---- fanning a directory INPUT out over workers ---------------------------------------------------------------------
+
+
+FANOUT = 64  # a directory INPUT is split into at least this many sub-directories (if it has them) ...
+MAX_SPLIT_DEPTH = 3  # ... found at most this many levels down; each is listed by a worker of its own
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A sub-directory of a split INPUT, listed by a worker: ids stay relative to the INPUT's ``root``. ``seen``:
+    the (device, inode) of the directories the split visited (local), so a symlink back to one is still caught."""
+
+    index: int
+    root: str
+    directory: str
+    seen: tuple[tuple[int, int], ...] = ()
+    remote: bool = False
+
+
+def split_input(spec: str, index: int) -> Iterator[Listed | Prefix]:
+    """``expand_input``, with a directory INPUT split: the images of its first levels here, and its sub-directories
+    as ``Prefix``es (breadth first until ``FANOUT`` of them or ``MAX_SPLIT_DEPTH`` levels). A store listed by
+    prefix (gs, s3, memory) is split at its top level; one listed by walking (sftp, hdfs) is not split."""
+    if spec.strip() and not spec.lower().endswith(MANIFEST_EXTENSIONS):
+        if is_local(spec):
+            path = local_path(spec).rstrip("/") or "/"
+            if os.path.isdir(path):
+                yield from _split_local(path, index)
+                return
+        else:
+            fs, path = fsspec.core.url_to_fs(spec)
+            path = path.rstrip("/") or path
+            if type(fs).find is not fsspec.AbstractFileSystem.find and fs.isdir(path):
+                yield from _split_remote(fs, path, index)
+                return
+    yield from expand_input(spec, index)
+
+
+def _split_local(root: str, index: int) -> Iterator[Listed | Prefix]:
+    seen = {_identity(root)}
+    frontier = [root]
+    for _ in range(MAX_SPLIT_DEPTH):
+        if len(frontier) >= FANOUT:
+            break
+        below: list[str] = []
+        for directory in frontier:
+            for item in _list_level(directory, root, index, seen):
+                if isinstance(item, str):
+                    below.append(item)
+                else:
+                    yield item
+        frontier = below
+    visited = tuple(sorted(seen))
+    for directory in frontier:
+        yield Prefix(index, root, directory, visited)
+
+
+def _split_remote(fs: fsspec.AbstractFileSystem, root: str, index: int) -> Iterator[Listed | Prefix]:
+    for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
+        name = info["name"].rstrip("/")
+        if info["type"] == "directory":
+            if name != root:
+                yield Prefix(index, fs.unstrip_protocol(root), fs.unstrip_protocol(name), remote=True)
+        elif _is_image(name):
+            yield _ref(_relative(name, root), fs.unstrip_protocol(name), index, info.get("size"), info_stamp(info))
+
+
+def list_prefix(prefix: Prefix) -> Iterator[Listed]:
+    """The images below one ``Prefix``, streamed (an object store's ``find`` returns one sub-prefix, not all)."""
+    if not prefix.remote:
+        yield from _walk(prefix.root, prefix.index, prefix.directory, prefix.seen)
+        return
+    fs, root = fsspec.core.url_to_fs(prefix.root)
+    _, directory = fsspec.core.url_to_fs(prefix.directory)
+    for match, info in sorted(fs.find(directory, withdirs=False, detail=True).items()):
+        if _is_image(match):
+            yield _ref(_relative(match, root.rstrip("/")), fs.unstrip_protocol(match), prefix.index,
+                       info.get("size"), info_stamp(info))
 
 
 # ---- manifests -------------------------------------------------------------------------------------------------------
@@ -344,18 +457,14 @@ def _parquet_rows(f: BinaryIO, spec: str) -> Iterator[tuple[int, Any]]:
 # ---- the pipeline stages ---------------------------------------------------------------------------------------------
 
 
-def _transportable(spec: str) -> str:
-    """An INPUT as the workers get it: a local path made absolute here, in the launcher (a worker runs in
-    another directory), and written as its ``file://`` uri when it is not UTF-8 (from the command line), which
-    Beam's string coder could not carry and ``expand_input`` reads back as the same path."""
-    if is_local(spec) and spec.strip():
-        return local_uri(os.path.abspath(os.path.expanduser(local_path(spec))))
-    return spec if is_utf8(spec) else printable_id(spec)
+PREFIXES = "prefixes"  # tag of the sub-directories a split INPUT hands to other workers
+NONEMPTY = "nonempty"  # tag of the input positions that yielded something (an image or a failure row)
 
 
 class ExpandInputs(beam.DoFn):
-    """(index, spec) -> ImageRef and failure rows, streamed. A spec that cannot be listed, or yields nothing at all
-    (an empty folder, a glob without matches), is a failure row naming the INPUT, not a lost input."""
+    """(index, spec) -> ImageRef and failure rows, streamed, and the ``Prefix``es of a split directory (listed by
+    ``ListPrefix`` on other workers). A spec that cannot be listed is a failure row naming the INPUT; one that
+    yields nothing at all (an empty folder, a glob without matches) is found by ``ReportEmptyInputs``."""
 
     def __init__(self) -> None:
         self.listed = Metrics.counter("ldot", "listed")
@@ -363,26 +472,55 @@ class ExpandInputs(beam.DoFn):
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
         index, spec = element
-        listed = failed = 0
-        try:
-            for item in expand_input(spec, index):
-                if isinstance(item, ImageRef):
-                    listed += 1
-                    self.listed.inc()
-                    yield item
-                else:
-                    failed += 1
-                    self.failed.inc()
-                    yield beam.pvalue.TaggedOutput(FAILED, item)
-        except Exception as e:  # a bad manifest or an unreachable bucket
-            self.failed.inc()
-            kind = e.kind if isinstance(e, ListError) else os_error_kind(e) if isinstance(e, OSError) else "list_error"
-            yield beam.pvalue.TaggedOutput(FAILED, _failed(spec, spec, kind, f"{type(e).__name__}: {e}"))
-            return
-        if listed == failed == 0:
-            self.failed.inc()
-            message = f"{spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this INPUT"
-            yield beam.pvalue.TaggedOutput(FAILED, _failed(spec, spec, "no_images", message))
+        yield from _stream(index, spec, lambda: split_input(spec, index), self.listed, self.failed)
+
+
+class ListPrefix(beam.DoFn):
+    """Prefix -> the ImageRefs and failure rows below it."""
+
+    def __init__(self) -> None:
+        self.listed = Metrics.counter("ldot", "listed")
+        self.failed = Metrics.counter("ldot", "failed_list")
+
+    def process(self, prefix: Prefix) -> Iterator[Any]:
+        yield from _stream(prefix.index, prefix.directory, lambda: list_prefix(prefix), self.listed, self.failed)
+
+
+def _stream(index: int, spec: str, items: Callable[[], Iterator[Listed | Prefix]], listed: Any,
+            failed: Any) -> Iterator[Any]:
+    """The tagged outputs of one listing element; a ``NONEMPTY`` marker once it yielded anything."""
+    count = 0
+    try:
+        for item in items():
+            count += 1
+            if isinstance(item, ImageRef):
+                listed.inc()
+                yield item
+            elif isinstance(item, Prefix):
+                yield beam.pvalue.TaggedOutput(PREFIXES, item)
+                count -= 1  # a sub-directory says nothing yet about whether the INPUT holds images
+            else:
+                failed.inc()
+                yield beam.pvalue.TaggedOutput(FAILED, item)
+    except Exception as e:  # a bad manifest or an unreachable bucket
+        count += 1
+        failed.inc()
+        kind = e.kind if isinstance(e, ListError) else os_error_kind(e) if isinstance(e, OSError) else "list_error"
+        yield beam.pvalue.TaggedOutput(FAILED, _failed(spec, spec, kind, f"{type(e).__name__}: {e}"))
+    if count:
+        yield beam.pvalue.TaggedOutput(NONEMPTY, index)
+
+
+class ReportEmptyInputs(beam.DoFn):
+    """(index, {"spec": [spec], "nonempty": [...]}) -> a ``no_images`` failure row for an INPUT nothing came of."""
+
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
+        _, groups = element
+        if next(iter(groups["nonempty"]), None) is None:
+            for spec in groups["spec"]:
+                Metrics.counter("ldot", "failed_list").inc()
+                yield _failed(spec, spec, "no_images", f"{spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                                                       "in this INPUT")
 
 
 class KeepFirstPerId(beam.DoFn):
@@ -411,13 +549,24 @@ class ListImages(beam.PTransform):
         self.inputs = inputs
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
-        specs = [(i, _transportable(spec)) for i, spec in enumerate(self.inputs)]
-        listed = (pbegin
-                  | "Specs" >> beam.Create(specs)
-                  | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(FAILED, main="refs"))
-        unique = (listed.refs
+        given = [(i, transportable(spec)) for i, spec in enumerate(self.inputs)
+                 if not is_source(spec)]  # WebDataset shards, inline-bytes Parquet: read by transforms.sources
+        specs = pbegin | "Specs" >> beam.Create(given)
+        listed = specs | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(FAILED, PREFIXES, NONEMPTY, main="refs")
+        below = (listed[PREFIXES]
+                 | "SpreadPrefixes" >> beam.Reshuffle()
+                 | "ListPrefixes" >> beam.ParDo(ListPrefix()).with_outputs(FAILED, NONEMPTY, main="refs"))
+        nonempty = ((listed[NONEMPTY], below[NONEMPTY])
+                    | "AllNonEmpty" >> beam.Flatten()
+                    | "Distinct" >> beam.Distinct()
+                    | "NonEmptyByIndex" >> beam.Map(lambda i: (i, True)))
+        empty = ({"spec": specs, "nonempty": nonempty}
+                 | "JoinNonEmpty" >> beam.CoGroupByKey()
+                 | "EmptyInputs" >> beam.ParDo(ReportEmptyInputs()))
+        refs = (listed.refs, below.refs) | "AllRefs" >> beam.Flatten()
+        unique = (refs
                   | "ById" >> beam.Map(lambda r: (r.image_id, r))
                   | "Group" >> beam.GroupByKey()
                   | "KeepFirst" >> beam.ParDo(KeepFirstPerId()).with_outputs(FAILED, main="refs"))
-        failed = (listed[FAILED], unique[FAILED]) | "ListFailures" >> beam.Flatten()
+        failed = (listed[FAILED], below[FAILED], empty, unique[FAILED]) | "ListFailures" >> beam.Flatten()
         return {"refs": unique.refs, FAILED: failed}

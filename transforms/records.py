@@ -14,11 +14,15 @@ FAILED = "failed"  # tag of every stage's side output of failure rows
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One listed input. ``order`` (input position, uri) decides which of several same-id inputs wins."""
+    """One listed input. ``order`` (input position, uri) decides which of several same-id inputs wins. ``size`` and
+    ``stamp`` (the store's version of the object: mtime, ETag, generation) come from the listing, where it gives
+    them: an incremental run carries an image whose id, size and stamp did not change without reading it."""
 
     image_id: str
     uri: str
     order: tuple[int, str]
+    size: int | None = None
+    stamp: str | None = None
 
 
 @dataclass

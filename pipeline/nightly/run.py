@@ -272,7 +272,7 @@ class Run:
                        encoder_config=cfg.encoder_config, detector_config=cfg.detector_config,
                        detector_weights=cfg.detector_weights, regions=cfg.regions, random_weights=cfg.random_weights,
                        device=cfg.device, previous=self.work.embeddings(base) if base else None,
-                       beam_args=list(cfg.beam_args))
+                       verify_content=cfg.verify_content, beam_args=list(cfg.beam_args))
         self.say(f"embedding {len(cfg.inputs)} input(s) into snapshot {self.id}"
                  + (f", carrying unchanged images from {base}" if base else " (no earlier snapshot: full run)"))
         faults.point("listing")

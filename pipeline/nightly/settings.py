@@ -53,6 +53,7 @@ class NightlyConfig:
     report: str | None = None
     force_build: bool = False
     deadline: float | None = DEFAULT_DEADLINE_S  # seconds: past it the run stops itself (None: no deadline)
+    verify_content: bool = False
     beam_args: list[str] = dataclasses.field(default_factory=list)
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("work_dir", "index_root", "checkpoint", "encoder_config",

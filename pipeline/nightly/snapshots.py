@@ -76,7 +76,7 @@ class WorkDir:
 
     def _table_files(self, run: str) -> list[str]:
         snap = self.snapshot(run)
-        return [f"{sub}/{name}" for sub in ("embeddings", "failures")
+        return [f"{sub}/{name}" for sub in ("embeddings", "failures", "stamps", "captions")
                 for name in storage.listdir_names(storage.join(snap, sub)) if name.endswith(".parquet")]
 
     def complete_snapshots(self) -> dict[str, dict[str, Any]]:

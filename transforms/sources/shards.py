@@ -1,0 +1,61 @@
+"""What both sources share: expanding an INPUT (a file or a glob, local or fsspec) into its files, one element
+each, so a corpus of thousands of shards spreads over workers (a Reshuffle follows)."""
+
+from __future__ import annotations
+
+import glob
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+
+from core.files import is_local, local_path, local_uri, open_regular, printable_id
+from transforms.records import failure
+
+CAPTIONS_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string()),
+                             ("metadata", pa.string())])
+
+
+def source_failure(image_id: str, uri: str, kind: str, message: str) -> dict[str, Any]:
+    return failure(printable_id(image_id), printable_id(uri), "read", kind, printable_id(message))
+
+
+def expand_files(spec: str) -> Iterator[tuple[str, str] | dict[str, Any]]:
+    """(uri, name) of each file ``spec`` names, name = its path below the glob's fixed prefix (a single file: its
+    base name), sorted; a glob without matches is a failure row. A missing single file is left to the reader."""
+    local = is_local(spec)
+    if local:
+        path = local_path(spec)
+        matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        uris = [(m, local_uri(m)) for m in matches]
+    else:
+        fs, path = fsspec.core.url_to_fs(spec)
+        matches = sorted(fs.glob(path)) if glob.has_magic(path) else [path]
+        uris = [(m, fs.unstrip_protocol(m)) for m in matches]
+    if not uris:
+        yield source_failure(spec, spec, "no_match", f"{spec}: the pattern matches no file")
+        return
+    root = _glob_root(path) if glob.has_magic(path) else posixpath.dirname(path)
+    for match, uri in uris:
+        yield uri, printable_id(_relative(match, root))
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return "/".join(parts[:fixed])
+
+
+def _relative(path: str, root: str) -> str:
+    prefix = root.rstrip("/") + "/" if root else ""
+    return path[len(prefix):] if prefix and path.startswith(prefix) else posixpath.basename(path)
+
+
+def open_input(uri: str) -> Any:
+    """A binary stream of one source file: a local one only if it is a regular file."""
+    if is_local(uri):
+        return open_regular(local_path(uri))
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.open(path, "rb")
