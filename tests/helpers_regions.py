@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.regions.types import Regions
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "encoders" / "regions" / "configs" / "tiny.yaml"
 BUTD_CONFIG = REPO / "encoders" / "regions" / "configs" / "butd_r101_c4.yaml"
@@ -129,3 +131,42 @@ def caffe_attributes(pool5: np.ndarray, w: dict[str, np.ndarray]) -> tuple[np.nd
     attr_prob = e / e.sum(axis=1, keepdims=True)
     ids = np.argmax(attr_prob[:, 1:], axis=1) + 1
     return attr_prob, ids, attr_prob[np.arange(len(ids)), ids]
+
+
+def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: bool = True,
+                 attrs: bool = False) -> Regions:
+    """Random but well-formed regions (sorted conf, boxes inside the image) for the feature-file tests."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, [width * 0.6, height * 0.6], size=(n, 2))
+    wh = rng.uniform(10, [width * 0.4, height * 0.4], size=(n, 2))
+    boxes = np.hstack([xy, xy + wh]).astype(np.float32)
+    conf = np.sort(rng.uniform(0.05, 0.95, size=n))[::-1].astype(np.float32)
+    probs = rng.dirichlet(np.full(1601, 0.05), size=n).astype(np.float32) if soft else None
+    feats = rng.gamma(1.0, 1.0, size=(n, 2048)).astype(np.float32)
+    attr_ids = rng.integers(1, 401, size=n) if attrs else None
+    attr_conf = rng.uniform(0, 1, size=n) if attrs else None
+    return Regions.from_boxes(feats, boxes, conf, probs, width, height, attr_ids, attr_conf)
+
+
+def uniter_record(r: Regions) -> dict[str, np.ndarray]:
+    """A UNITER image-DB record (fp16 arrays) of these regions."""
+    return {
+        "features": r.features.astype(np.float16),
+        "norm_bb": r.norm_bb.astype(np.float16),
+        "conf": r.conf.astype(np.float16),
+        "soft_labels": r.soft_labels.astype(np.float16),
+    }
+
+
+def write_lmdb(path, records: dict[str, bytes]) -> None:
+    """A UNITER image DB (LMDB) holding these packed records and the ``__keys__`` list."""
+    import json
+
+    import lmdb
+
+    env = lmdb.open(str(path), map_size=1 << 28)
+    with env.begin(write=True) as txn:
+        for k, v in records.items():
+            txn.put(k.encode(), v)
+        txn.put(b"__keys__", json.dumps(list(records)).encode())
+    env.close()

@@ -19,8 +19,8 @@ from encoders.reranker import UniterReranker
 from index.rerank import MissingRegionsError, PairScorer, RerankingSearch, rerank_order
 from index.search import SearchIndex
 from jobs.cli import main
-from tests.test_features_readers import make_regions
-from tests.test_index import write_embeddings
+from tests.helpers_index import write_embeddings
+from tests.helpers_regions import make_regions
 
 WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
          "park", "snow", "."]

@@ -19,7 +19,7 @@ from pipeline.launch_checks import (
     warn_if_workers_lack_detectron2,
     workers_get_detectron2,
 )
-from tests.pipeline_helpers import DEMO_IMAGES
+from tests.helpers_pipeline import DEMO_IMAGES
 
 DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "r", "--temp_location", "gs://b/tmp"]
 

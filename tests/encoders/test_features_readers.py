@@ -7,7 +7,6 @@ import base64
 import io
 import json
 
-import lmdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -25,20 +24,7 @@ from encoders.regions.formats._msgpack import packb, unpackb
 from encoders.regions.formats.butd_tsv import write_butd_tsv
 from encoders.regions.formats.regions_table import rows_to_table
 from encoders.regions.formats.uniter_lmdb import compute_num_bb
-
-
-def make_regions(seed: int, n: int, width: int = 640, height: int = 480, soft: bool = True,
-                 attrs: bool = False) -> Regions:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, [width * 0.6, height * 0.6], size=(n, 2))
-    wh = rng.uniform(10, [width * 0.4, height * 0.4], size=(n, 2))
-    boxes = np.hstack([xy, xy + wh]).astype(np.float32)
-    conf = np.sort(rng.uniform(0.05, 0.95, size=n))[::-1].astype(np.float32)
-    probs = rng.dirichlet(np.full(1601, 0.05), size=n).astype(np.float32) if soft else None
-    feats = rng.gamma(1.0, 1.0, size=(n, 2048)).astype(np.float32)
-    attr_ids = rng.integers(1, 401, size=n) if attrs else None
-    attr_conf = rng.uniform(0, 1, size=n) if attrs else None
-    return Regions.from_boxes(feats, boxes, conf, probs, width, height, attr_ids, attr_conf)
+from tests.helpers_regions import make_regions, uniter_record, write_lmdb
 
 
 # ---- regions Parquet ---------------------------------------------------------------------------------------
@@ -107,28 +93,12 @@ def test_parquet_missing_columns_is_a_clear_error(tmp_path):
 
 
 # ---- UNITER image DB ---------------------------------------------------------------------------------------
-def _uniter_record(r: Regions) -> dict[str, np.ndarray]:
-    return {
-        "features": r.features.astype(np.float16),
-        "norm_bb": r.norm_bb.astype(np.float16),
-        "conf": r.conf.astype(np.float16),
-        "soft_labels": r.soft_labels.astype(np.float16),
-    }
 
 
 def _npz_bytes(rec: dict) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **rec)
     return buf.getvalue()
-
-
-def _write_lmdb(path, records: dict[str, bytes]) -> None:
-    env = lmdb.open(str(path), map_size=1 << 28)
-    with env.begin(write=True) as txn:
-        for k, v in records.items():
-            txn.put(k.encode(), v)
-        txn.put(b"__keys__", json.dumps(list(records)).encode())
-    env.close()
 
 
 def test_uniter_msgpack_db_with_nbb_json(tmp_path):
@@ -138,8 +108,8 @@ def test_uniter_msgpack_db_with_nbb_json(tmp_path):
     regs = {f"coco_val2014_{i:012d}.npz": make_regions(10 + i, n) for i, n in enumerate([36, 12, 100])}
     nbb = {name: compute_num_bb(r.conf, 0.2, 10, 100) for name, r in regs.items()}
     # records are cut to nbb when the DB is built (convert_imgdir.py's load_npz)
-    _write_lmdb(db / "feat_th0.2_max100_min10",
-                {k: packb({kk: vv[: nbb[k]] for kk, vv in _uniter_record(r).items()}) for k, r in regs.items()})
+    write_lmdb(db / "feat_th0.2_max100_min10",
+                {k: packb({kk: vv[: nbb[k]] for kk, vv in uniter_record(r).items()}) for k, r in regs.items()})
     (db / "nbb_th0.2_max100_min10.json").write_text(json.dumps(nbb))
     assert detect_format(db) == "uniter"
     got = dict(read_regions(db))
@@ -166,7 +136,7 @@ def test_uniter_compressed_all_db_applies_uniter_rule(tmp_path):
     conf[:] = np.linspace(0.9, 0.0, 100)
     conf[30] = 0.2  # UNITER's rule is strict: exactly 0.2 does not count
     r = Regions(r.features, r.boxes, r.norm_bb, np.sort(conf)[::-1], r.soft_labels, r.width, r.height)
-    _write_lmdb(db / "all_compressed", {"img.jpg.npz": _npz_bytes(_uniter_record(r))})
+    write_lmdb(db / "all_compressed", {"img.jpg.npz": _npz_bytes(uniter_record(r))})
     (name, got), = list(read_regions(db))
     expected = compute_num_bb(r.conf.astype(np.float16).astype(np.float32), 0.2, 10, 100)
     assert name == "img.jpg.npz" and got.num_boxes == expected

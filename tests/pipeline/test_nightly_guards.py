@@ -19,8 +19,8 @@ import yaml
 from core.errors import EXIT_ERROR, EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK
 from index import layout
 from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.pipeline_helpers import DEMO_IMAGES
-from tests.test_nightly import REPO, assert_same_index, cli_env, live_vectors, settings
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, live_vectors, settings
+from tests.helpers_pipeline import DEMO_IMAGES
 
 A = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
 B = ("chelsea.jpg", "coins.jpg", "retina.jpg")

@@ -43,7 +43,8 @@ from encoders.regions.formats.regions_table import RegionsWriter, regions_to_row
 from jobs.cli import main as cli
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.pipeline_helpers import (
+from tests.helpers_index import write_embeddings
+from tests.helpers_pipeline import (
     REPO,
     TINY_DETECTOR,
     TINY_ENCODER,
@@ -53,8 +54,7 @@ from tests.pipeline_helpers import (
     png_with_declared_size,
     read_table,
 )
-from tests.test_features_readers import _uniter_record, _write_lmdb, make_regions
-from tests.test_index import write_embeddings
+from tests.helpers_regions import make_regions, uniter_record, write_lmdb
 from transforms.finite import NON_FINITE_EMBEDDING, non_finite_message
 from transforms.image_types import PIL_FORMATS
 from transforms.listing import MAX_MANIFEST_LINE, expand_input
@@ -631,9 +631,9 @@ def test_a_gzip_bomb_tsv_line_is_one_bad_record(tmp_path):
 def test_a_corrupt_lmdb_record_costs_only_itself(tmp_path):
     db = tmp_path / "img_db"
     db.mkdir()
-    record = packb(_uniter_record(make_regions(4, 12)))
+    record = packb(uniter_record(make_regions(4, 12)))
     deep = b"\x91" * 100_000 + b"\xc0"  # a msgpack array nested 100,000 deep: a recursion bomb
-    _write_lmdb(db / "all", {"a.npz": record, "b.npz": record[: len(record) // 2], "c.npz": deep,
+    write_lmdb(db / "all", {"a.npz": record, "b.npz": record[: len(record) // 2], "c.npz": deep,
                              "d.npz": b"PK\x03\x04 not a zip", "e.npz": record})
     assert _items(db) == [("a.npz", "ok"), ("b.npz", "bad_record"), ("c.npz", "bad_record"), ("d.npz", "bad_record"),
                           ("e.npz", "ok")]

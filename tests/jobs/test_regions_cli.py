@@ -16,8 +16,8 @@ pytest.importorskip("detectron2")
 from encoders.regions.formats import read_regions
 from encoders.regions.formats.regions_lookup import build_regions_map, open_region_store, read_regions_map
 from jobs.cli import main
+from tests.helpers_pipeline import read_table
 from tests.helpers_regions import TINY_CONFIG, photo
-from tests.pipeline_helpers import read_table
 
 
 @pytest.fixture()

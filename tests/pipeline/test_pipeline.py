@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from jobs.cli import main as cli
 from pipeline.embed_job import EmbedJob, JobError, prepare_models, run_embed_job
-from tests.pipeline_helpers import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
+from tests.helpers_pipeline import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
 from transforms.progress import progress_line
 
 TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}

@@ -15,8 +15,8 @@ pytest.importorskip("detectron2")
 from encoders.regions import RegionExtractor, Regions
 from pipeline.beam_args import pipeline_options
 from pipeline.embed_job import EmbedJob, prepare_models
+from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER
 from tests.helpers_regions import photo
-from tests.pipeline_helpers import TINY_DETECTOR, TINY_ENCODER
 from transforms.embedding_handler import BOX_COUNT_BUCKETS, EmbeddingModelHandler, box_count
 from transforms.inference import InferenceFailure, claim_gpu
 from transforms.records import FAILED, DecodedImage, RegionRecord

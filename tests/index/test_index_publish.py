@@ -16,7 +16,7 @@ from index.errors import NoLiveVersionError
 from index.search import SearchIndex
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
-from tests.test_index import BEAM, numpy_topk, write_embeddings
+from tests.helpers_index import BEAM, numpy_topk, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

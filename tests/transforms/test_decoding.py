@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.pipeline_helpers import encode, photo, png_chunk, png_with_declared_size, raw_png
+from tests.helpers_pipeline import encode, photo, png_chunk, png_with_declared_size, raw_png
 from transforms.decoding import DecodeError, decode_image
 
 RNG = np.random.default_rng(3)

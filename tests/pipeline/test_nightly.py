@@ -20,20 +20,12 @@ from click.testing import CliRunner
 from core.errors import EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GUARD, EXIT_USAGE
 from index import layout
 from pipeline import nightly
-from pipeline.nightly import CRASH_ENV, NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.pipeline_helpers import DEMO_IMAGES, TINY_DETECTOR, TINY_ENCODER
+from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, live_vectors, settings
+from tests.helpers_pipeline import DEMO_IMAGES, TINY_ENCODER
 
-REPO = Path(__file__).resolve().parent.parent
 FIRST = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
 FINAL = ("astronaut.jpg", "coffee.jpg", "retina.jpg")  # after change_corpus
-
-
-def settings(root: Path, **over) -> dict:
-    values = dict(inputs=[str(root / "corpus")], work_dir=str(root / "work"), index_root=str(root / "index"),
-                  encoder_config=TINY_ENCODER, detector_config=TINY_DETECTOR, random_weights=True, device="cpu",
-                  keep=3)
-    values.update(over)
-    return values
 
 
 def run(root: Path, **over) -> tuple[int, dict]:
@@ -56,26 +48,6 @@ def live(root: Path) -> str | None:
     return layout.read_current(str(root / "index"))
 
 
-def live_vectors(root: Path) -> dict[str, np.ndarray]:
-    """image_id -> vector of the live version, opened the way a server does (checksums verified)."""
-    import faiss
-
-    from index.search import SearchIndex
-
-    s = SearchIndex.open(str(root / "index"))
-    idx = faiss.downcast_index(s.index)
-    ids = faiss.vector_to_array(idx.id_map)
-    vectors = idx.index.reconstruct_n(0, idx.ntotal)
-    names = s.lookup(ids[None, :])[0][0]
-    return dict(zip(names, vectors, strict=True))
-
-
-def assert_same_index(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert sorted(a) == sorted(b)
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
-
-
 def report_of(root: Path, run_id: str) -> dict:
     return json.loads((root / "work" / "reports" / f"{run_id}.json").read_text())
 
@@ -94,14 +66,6 @@ def write_config(root: Path, **over) -> Path:
     path = root / "nightly.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
-
-
-def cli_env(crash: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    env["PYTHONPATH"] = str(REPO)
-    if crash:
-        env[CRASH_ENV] = crash
-    return env
 
 
 def cli(root: Path, crash: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

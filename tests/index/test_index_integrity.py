@@ -17,7 +17,7 @@ from index.errors import IndexIntegrityError, NoLiveVersionError
 from index.search import SearchIndex
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
-from tests.test_index import BEAM, write_embeddings
+from tests.helpers_index import BEAM, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

@@ -24,7 +24,7 @@ from encoders.regions.formats.regions_lookup import (
     write_regions_map,
 )
 from encoders.regions.formats.regions_table import ROW_GROUP_ROWS
-from tests.test_features_readers import _uniter_record, _write_lmdb, make_regions
+from tests.helpers_regions import make_regions, uniter_record, write_lmdb
 
 N_IMAGES = 90
 
@@ -161,7 +161,7 @@ def test_uniter_image_db_is_a_source_too(tmp_path):
     regs = {f"coco_val2014_{i:012d}.npz": make_regions(i, n) for i, n in enumerate([12, 40, 100])}
     db = tmp_path / "coco_val2014"
     db.mkdir()
-    _write_lmdb(db / "feat_th0.2_max100_min10", {k: packb(_uniter_record(r)) for k, r in regs.items()})
+    write_lmdb(db / "feat_th0.2_max100_min10", {k: packb(uniter_record(r)) for k, r in regs.items()})
     store = open_region_store(db)
     assert isinstance(store, UniterRegionStore)
     got = store.fetch(["coco_val2014_000000000002.npz", "coco_val2014_000000000000.npz", "missing.npz"])

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.job_service import LocalJobService, group_processes
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def where_workers_run(service: LocalJobService, out: Path) -> list[tuple[int, str, int]]:

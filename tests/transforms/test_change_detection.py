@@ -10,7 +10,7 @@ import os
 import pytest
 
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.pipeline_helpers import TINY_DETECTOR, TINY_ENCODER, photo, read_table
+from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER, photo, read_table
 
 TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}
 

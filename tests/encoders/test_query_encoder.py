@@ -15,8 +15,8 @@ from encoders.query_encoder import QueryEncoder, split_outlier_channels
 from index.search import SearchIndex
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
+from tests.helpers_index import BEAM, write_embeddings
 from tests.helpers_minilm import CAPTIONS, minilm_model
-from tests.test_index import BEAM, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

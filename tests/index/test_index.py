@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,34 +28,11 @@ from index.selfcheck import recall_at_k
 from index.settings import BuildSettings
 from index.train import draw_rows
 from pipeline.build_index_job import build_index
+from tests.helpers_index import BEAM, numpy_topk, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
-BEAM = ["--runner=FnApiRunner"]
 D = 768
-
-
-def write_embeddings(path: str | Path, x: np.ndarray, start: int = 0, *, model: str = "ldot-test-model",
-                     fixed: bool = True, row_group_size: int = 500, ids: list[str] | None = None) -> list[str]:
-    """An embeddings table in the pipeline's contract (fixed_size_list<float32>[D] or list<float32>)."""
-    n, d = x.shape
-    ids = ids if ids is not None else [f"img-{i:06d}" for i in range(start, start + n)]
-    emb = (pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), d) if fixed
-           else pa.array(list(x.astype(np.float32)), pa.list_(pa.float32())))
-    table = pa.table({
-        "image_id": pa.array(ids, pa.string()),
-        "uri": pa.array([f"file:///photos/{i}.jpg" for i in ids], pa.string()),
-        "content_sha256": pa.array(["0" * 64] * n, pa.string()),
-        "embedding": emb,
-        "num_boxes": pa.array([36] * n, pa.int32()),
-        "width": pa.array([640] * n, pa.int32()),
-        "height": pa.array([480] * n, pa.int32()),
-        "model": pa.array([model] * n, pa.string()),
-    })
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, str(path), row_group_size=row_group_size)
-    return ids
-
 
 
 def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, latent: int = 24, noise: float = 0.05,
@@ -68,12 +44,6 @@ def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, latent: int =
     rng = rng or base
     z = centers[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, latent)).astype(np.float32)
     return (z @ proj + noise * rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
-
-
-def numpy_topk(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    s = q @ x.T
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return top, np.take_along_axis(s, top, axis=1)
 
 
 # ---- ids -----------------------------------------------------------------------------------------------------------

@@ -5,62 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
 from click.testing import CliRunner
 
 from encoders.config import TINY_CONFIG
-from encoders.lightningdot import LightningDOT
 from index import layout
 from jobs.cli import main
-from tests.test_index import write_embeddings
-
-WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
-         "park", "snow", "."]
-CAPTIONS = [f"the {c} {s} {v} on the {p} ." for c, s, v, p in
-            [("red", "dog", "runs", "beach"), ("blue", "cat", "sleeps", "park"), ("green", "man", "runs", "snow"),
-             ("red", "child", "sleeps", "beach"), ("blue", "dog", "runs", "snow"), ("green", "cat", "runs", "park"),
-             ("red", "man", "sleeps", "park"), ("blue", "child", "runs", "beach")]]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("search")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    model = LightningDOT.random(TINY_CONFIG, seed=0)
-    with torch.no_grad():  # spread the random text tower's outputs (N(0, 0.02) weights make them near-parallel)
-        for p in model.model.txt_model.parameters():
-            if p.ndim == 2:
-                p.mul_(25)
-    checkpoint = root / "tiny.pt"
-    model.save(checkpoint)
-    model = LightningDOT.from_checkpoint(checkpoint, vocab=str(vocab))
-    # image i's embedding = caption i's unit text embedding, so caption i ranks image i first
-    text = model.encode_captions(CAPTIONS)
-    images = text / np.linalg.norm(text, axis=1, keepdims=True)
-    ids = [f"photo-{i}" for i in range(len(CAPTIONS))]
-    emb = root / "emb.parquet"
-    write_embeddings(emb, images, ids=ids, model=model.fingerprint)
-    for i in range(len(ids)):  # local photos for the HTML thumbnails
-        Image.new("RGB", (64, 48), (30 * i, 100, 200)).save(root / f"{ids[i]}.png")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(emb)
-    uris = [str(root / f"{i}.png") for i in ids]
-    uris[-1] = "https://example.org/photo-7.jpg"
-    table = table.set_column(table.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string()))
-    pq.write_table(table, emb)
-    index_root = str(root / "index")
-    result = CliRunner().invoke(main, ["build-index", str(emb), "--output", index_root, "--shards", "2",
-                                       "--queries", "4", "--direct_num_workers", "1"])
-    assert result.exit_code == 0, result.output
-    return type("S", (), dict(root=root, vocab=str(vocab), checkpoint=str(checkpoint), index=index_root,
-                              model=model, ids=ids, build_output=result.output))
+from tests.jobs.conftest import CAPTIONS
 
 
 def test_build_index_cli_prints_reasoning_and_publishes(setup):

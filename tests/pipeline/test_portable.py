@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from index import layout
 from jobs.cli import main as cli
 from pipeline.accounting import CountsMismatchError, RunCounts, failure_breakdown, parquet_rows
-from tests.pipeline_helpers import DEMO_IMAGES, read_table
+from tests.helpers_pipeline import DEMO_IMAGES, read_table
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.pipeline_helpers import TINY_DETECTOR, TINY_ENCODER, encode, photo, read_table
+from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER, encode, photo, read_table
 from transforms.records import ImageBytes
 from transforms.sources.inline_parquet import parse_spec
 from transforms.sources.webdataset import ReadShard, split_key

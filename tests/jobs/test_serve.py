@@ -17,14 +17,14 @@ import pytest
 from index import layout
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
-from tests.test_index import BEAM, write_embeddings
-from tests.test_search_cli import CAPTIONS, setup  # noqa: F401  (the module fixture: a tiny model and its index)
+from tests.helpers_index import BEAM, write_embeddings
+from tests.jobs.conftest import CAPTIONS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(setup):  # noqa: F811
+def server(setup):
     cmd = [sys.executable, "-m", "jobs.cli", "serve", setup.index, "--port", "0", "--checkpoint", setup.checkpoint,
            "--vocab", setup.vocab, "--poll-seconds", "0.2", "--max-k", "5", "--threads", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ))

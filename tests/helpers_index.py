@@ -1,0 +1,39 @@
+"""Embedding tables in the pipeline's contract and an exact top-k, for the index, search and serving tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+BEAM = ["--runner=FnApiRunner"]
+
+
+def write_embeddings(path: str | Path, x: np.ndarray, start: int = 0, *, model: str = "ldot-test-model",
+                     fixed: bool = True, row_group_size: int = 500, ids: list[str] | None = None) -> list[str]:
+    """An embeddings table in the pipeline's contract (fixed_size_list<float32>[D] or list<float32>)."""
+    n, d = x.shape
+    ids = ids if ids is not None else [f"img-{i:06d}" for i in range(start, start + n)]
+    emb = (pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), d) if fixed
+           else pa.array(list(x.astype(np.float32)), pa.list_(pa.float32())))
+    table = pa.table({
+        "image_id": pa.array(ids, pa.string()),
+        "uri": pa.array([f"file:///photos/{i}.jpg" for i in ids], pa.string()),
+        "content_sha256": pa.array(["0" * 64] * n, pa.string()),
+        "embedding": emb,
+        "num_boxes": pa.array([36] * n, pa.int32()),
+        "width": pa.array([640] * n, pa.int32()),
+        "height": pa.array([480] * n, pa.int32()),
+        "model": pa.array([model] * n, pa.string()),
+    })
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, str(path), row_group_size=row_group_size)
+    return ids
+
+
+def numpy_topk(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q @ x.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(s, top, axis=1)
