@@ -19,7 +19,7 @@ import fsspec
 from core.errors import FailureGuardError, UsageError
 from encoders.regions.config_files import config_path as detector_config_path
 from pipeline.accounting import UNKNOWN, RunCounts
-from pipeline.beam_args import pipeline_options, runs_in_process
+from pipeline.beam_args import pipeline_options, runner_kind, runs_in_process
 from pipeline.progress_poll import follow
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.embedding import EmbedRegions
@@ -115,15 +115,17 @@ class Models:
     detector_fingerprint: str
 
 
-def prepare_models(job: EmbedJob) -> Models:
-    """Load the models once in the launcher: fail fast on bad weights or configs, and fingerprint them."""
+def prepare_models(job: EmbedJob, workers: int | None = None) -> Models:
+    """Load the models once in the launcher: fail fast on bad weights or configs, and fingerprint them.
+    ``workers``: local worker processes, each of which then takes its share of the CPU threads."""
+    processes = workers if workers and workers > 1 and runner_kind(job.beam_args) == "local" else None
     encoder, model_fp = None, None
     if not job.regions_only:
         from encoders.lightningdot import LightningDOT
 
         model = LightningDOT.load(job.checkpoint, job.encoder_config, random_weights=job.checkpoint is None)
         encoder = EncoderSpec(config=tuple(sorted(model.config.to_dict().items())), checkpoint=job.checkpoint,
-                              device=job.device, dtype=job.dtype)
+                              device=job.device, dtype=job.dtype, cpu_processes=processes)
         model_fp = model.fingerprint
         del model
     if job.regions is not None:
@@ -134,7 +136,8 @@ def prepare_models(job: EmbedJob) -> Models:
     extractor = RegionExtractor.from_config(config_path, weights=job.detector_weights, device="cpu")
     # Workers get the merged config (``_BASE_`` resolved), so they need no access to the launcher's files.
     detector = DetectorSpec(config_text=extractor.cfg.dump(), config_name=Path(config_path).name,
-                            weights=job.detector_weights, device=job.device, batch_size=job.detector_batch_size)
+                            weights=job.detector_weights, device=job.device, batch_size=job.detector_batch_size,
+                            cpu_processes=processes)
     # the pixels the detector sees are part of what its features depend on (incremental runs compare this)
     detector_fp = extractor.fingerprint if job.alpha == "drop" else f"{extractor.fingerprint}+alpha-{job.alpha}"
     return Models(encoder, detector, model_fp, detector_fp)
@@ -249,7 +252,7 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
         log.warning("RANDOM WEIGHTS: %s are meaningless; for smoke runs and demos only", made)
     _prepare_output(job)
     started = time.time()
-    models = prepare_models(job)
+    models = prepare_models(job, workers)
     options = pipeline_options(job.beam_args, workers)
     p = beam.Pipeline(options=options)
     build_pipeline(p, job, models)

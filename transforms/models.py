@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.device import resolve_device
+from core.threads import share_cpu_threads
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class EncoderSpec:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    cpu_processes: int | None = None  # worker processes sharing this machine's cores (``--workers N``)
 
     @property
     def feature_dim(self) -> int:
@@ -32,6 +34,7 @@ class EncoderSpec:
         """The model on ``device`` (default: this spec's device, ``auto`` resolved in this process)."""
         from encoders.lightningdot import LightningDOT
 
+        share_cpu_threads(self.cpu_processes)  # in the worker, before its first forward pass
         return LightningDOT.load(self.checkpoint, dict(self.config), random_weights=self.checkpoint is None,
                                  seed=self.seed, device=device or self.device, dtype=self.dtype)
 
@@ -45,11 +48,13 @@ class DetectorSpec:
     weights: str | None = None
     device: str = "auto"
     batch_size: int = 4
+    cpu_processes: int | None = None  # worker processes sharing this machine's cores (``--workers N``)
 
     def load(self, device: str | None = None) -> Any:
         """The extractor on ``device`` (default: this spec's device), built from the config text itself."""
         from encoders.regions import RegionExtractor
 
+        share_cpu_threads(self.cpu_processes)
         return RegionExtractor.from_config_text(self.config_text, weights=self.weights,
                                                 device=resolve_device(device or self.device),
                                                 batch_size=self.batch_size)
