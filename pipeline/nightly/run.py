@@ -26,6 +26,7 @@ from typing import Any
 from core.errors import EXIT_ERROR, EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GUARD, LdotError
 from index import layout, storage
 from index.errors import IndexIntegrityError
+from pipeline.accounting import UNKNOWN
 from pipeline.nightly import faults, vanished
 from pipeline.nightly.lock import LockHeld, RunLock
 from pipeline.nightly.recovery import discard_partial, recover
@@ -377,15 +378,17 @@ class Run:
 def embed_counts(job_report: dict[str, Any], incremental: bool) -> dict[str, Any]:
     """The run report's counts from the embedding job's report: inputs, embedded, failed (by stage and error),
     and new / changed / carried / dropped against the base snapshot."""
-    c, k = job_report["counts"], job_report.get("counters", {})
+    c, k = job_report["counts"], job_report.get("counters")
+    known = isinstance(k, dict)  # a runner that reports no metrics: "unknown", never zeros
     out = {"inputs": c["inputs"], "embedded": c["embedded"], "failed": c["failed"],
            "failed_by_stage": c["failed_by_stage"], "failed_by_error": c["failed_by_error"]}
     if incremental:
-        out.update({name: int(k.get(name, 0)) for name in ("new", "changed", "carried", "dropped")})
+        out.update({name: int(k.get(name, 0)) if known else UNKNOWN
+                    for name in ("new", "changed", "carried", "dropped")})
     else:  # a full run: every image that reached the join is new (read failures never do)
         out.update(new=c["inputs"] - c["failed_by_stage"].get("list", 0) - c["failed_by_stage"].get("read", 0),
                    changed=0, carried=0, dropped=0)
-    out.update({name: int(k[name]) for name in ("decoded", "encoded") if name in k})
+    out.update({name: int(k.get(name, 0)) if known else UNKNOWN for name in ("decoded", "encoded")})
     return out
 
 
