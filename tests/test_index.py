@@ -253,7 +253,7 @@ def test_ivfpq_on_clustered_data_meets_its_recorded_recall_and_floor_guard(tmp_p
     m = err.manifest
     sc = m["selfcheck"]
     assert m["factory"] == "IVF64,PQ48np" and not sc["passed"] and sc["queries"] == 200
-    assert 1 <= m["nprobe"] <= 64 and sc["nprobe_curve"][0]["nprobe"] == 1
+    assert 1 <= m["nprobe"] <= 64 and m["operating_points"]["points"][0]["nprobe"] == 1
     assert m["code_bytes_per_vector"] == 48 + 8 and m["bytes_per_vector"] < 4 * D / 4
     assert sc["recall_at_k"] >= 0.4, sc  # clustered data: PQ48 keeps many true neighbours
 
