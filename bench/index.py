@@ -12,7 +12,8 @@ ground truth by inner product.
 
 Per builder, each in its own process (peak RSS is its own): factory, bytes/vector (index bytes on disk / N),
 recall@10 at the search setting the builder chose, batch-1 p50/p99 latency at 1 and 2 FAISS threads, build
-seconds, peak memory; then the ratios ours/autofaiss and ours/hand-picked. Hand-picked: a sweep of PCA/PCAR,
+seconds (wall) and CPU seconds (what a shared machine does not distort), peak memory; then the ratios
+ours/autofaiss and ours/hand-picked. Hand-picked: a sweep of PCA/PCAR,
 SQ/PQ-fast-scan and nlist settings within the budget, each searched at its best recall within ``--max-query-ms``
 (single thread), the winner rebuilt alone in a fresh process for its build time and peak memory. autofaiss runs
 from ``--autofaiss-python`` (default /tmp/af-venv/bin/python: it pins numpy<2, so it needs its own venv; see the
@@ -82,13 +83,14 @@ def synthetic(out: Path, n: int, d: int, n_queries: int, seed: int, chunk: int =
 
 
 def minilm(out: Path, n: int, n_queries: int, seed: int, cache: Path, chunk: int = 100_000) -> str:
-    from bench.text_corpus import embeddings
+    from bench.text_corpus import embeddings, sentences
 
-    x, text = embeddings(cache, n + n_queries, seed)
+    x, _ = embeddings(cache, n + n_queries, seed)
+    corpus = len(sentences(cache, seed))
     queries, base = x[:n_queries], x[n_queries:]   # the corpus is shuffled: the first sentences are held out
     write_parts(out, (base[s:s + chunk] for s in range(0, n, chunk)), queries, "all-MiniLM-L6-v2")
-    return (f"{n:,} x 384 all-MiniLM-L6-v2 embeddings of distinct docstring sentences (+{n_queries} held-out "
-            f"sentence queries; corpus of {len(text):,} used)")
+    return (f"{n:,} x 384 all-MiniLM-L6-v2 embeddings of distinct standard-library docstring sentences "
+            f"(+{n_queries} held-out sentences as queries; {corpus:,} distinct sentences in the corpus)")
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -99,6 +101,15 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children: on a shared machine wall time depends on the
+    neighbours, CPU time much less."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def latencies(index, queries: np.ndarray) -> dict:
@@ -121,31 +132,32 @@ def run_ours(data: Path, work: Path, max_memory: str, max_query_ms: float, targe
     result = build_index([str(data / "parquet")], root, settings, beam_args=["--runner=FnApiRunner"],
                          echo=lambda m: print(m, file=sys.stderr, flush=True))
     build_s = time.time() - t0
-    peak = peak_rss_mb()
+    peak, cpu_s = peak_rss_mb(), cpu_seconds()
     idx = SearchIndex.open(root)
     queries, truth = np.load(data / "queries.npy"), np.load(data / "truth.npy")
     found = np.array([[int(s[4:]) if s else -1 for s in row] for row in idx.search(queries, K).image_ids], np.int64)
     m = result.manifest
     ch = m.get("chooser") or {}
     return {"builder": "ours (auto)", "factory": m["factory"], "nprobe": m["nprobe"], "build_s": build_s,
-            "peak_mb": peak, "bytes_per_vector": m["bytes_per_vector"], "recall@10": recall(found, truth),
+            "cpu_s": cpu_s, "peak_mb": peak, "bytes_per_vector": m["bytes_per_vector"],
+            "recall@10": recall(found, truth),
             **latencies(idx.index, queries), "chooser_s": ch.get("seconds"),
             "chooser_fraction": ch.get("fraction_of_build"), "reasoning": m["factory_choice"]["reasoning"]}
 
 
 def hand_configs(n: int, d: int) -> list[str]:
-    """The sweep: scalar codes after PCA at the widths a ~100 B/vector budget allows, fast-scan PQ after a
-    rotation, at 4·√N and 8·√N lists."""
+    """The sweep: scalar codes after PCA at the widths a ~100 B/vector budget allows (8, 6 and 4 bits), fast-scan
+    PQ after a rotation, at 4·√N lists and at half and twice that; configurations over the budget are skipped."""
     from index.factory import nlist_for
 
     nl = nlist_for(n)
-    out = []
-    for lists in (nl, 2 * nl):
-        for w in (48, 64, 80, 88):
-            out.append(f"PCA{w},IVF{lists},SQ8")
-        out += [f"PCA{min(d, 112)},IVF{lists},SQ6", f"PCA{min(d, 160)},IVF{lists},SQ4",
-                f"PCAR{min(d, 256)},IVF{lists},PQ128x4fs", f"OPQ64_{min(d, 256)},IVF{lists},PQ64np"]
-    return out
+    codes = ([f"PCA{w},{{}},SQ8" for w in (48, 64, 72, 80, 88)] + [f"PCA{w},{{}},SQ6" for w in (72, 88, 96, 104)]
+             + [f"PCA{w},{{}},SQ4" for w in (96, 112, 128, 144)]
+             + [f"PCAR{2 * m},{{}},PQ{m}x4fs" for m in (64, 96, 128)])
+    def width(c: str) -> int:
+        return int(c.split(",")[0].lstrip("PCAR"))
+
+    return [c.format(f"IVF{lists}") for lists in (nl // 2, nl, 2 * nl) for c in codes if width(c) <= d]
 
 
 def build_plain(data: Path, factory: str, d: int, seed: int = 0, train_per_list: int = 64):
@@ -194,10 +206,10 @@ def run_hand_final(data: Path, factory: str, nprobe: int | None) -> dict:
     queries, truth = np.load(data / "queries.npy"), np.load(data / "truth.npy")
     t0 = time.time()
     index, n = build_plain(data, factory, queries.shape[1])
-    build_s = time.time() - t0
+    build_s, cpu_s = time.time() - t0, cpu_seconds()
     if nprobe:
         set_nprobe(index, nprobe)
-    return {"builder": "hand-picked", "factory": factory, "nprobe": nprobe, "build_s": build_s,
+    return {"builder": "hand-picked", "factory": factory, "nprobe": nprobe, "build_s": build_s, "cpu_s": cpu_s,
             "peak_mb": peak_rss_mb(), "bytes_per_vector": len(faiss.serialize_index(index)) / n,
             "recall@10": recall(index.search(queries, K)[1], truth), **latencies(index, queries)}
 
@@ -217,6 +229,8 @@ index, infos = build_index(embeddings=os.path.join(data, "npy"), index_path=os.p
                            verbose=30)
 build_s = time.time() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu_s = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 queries, truth = np.load(os.path.join(data, "queries.npy")), np.load(os.path.join(data, "truth.npy"))
 D, I = index.search(queries, 10)
 rec = float(np.mean([len(np.intersect1d(f[f >= 0], t)) / 10 for f, t in zip(I, truth)]))
@@ -232,7 +246,8 @@ for threads in (1, 2):
     out[f"p99_ms_{threads}t"] = float(np.percentile(times, 99) * 1e3)
 size = os.path.getsize(os.path.join(work, "knn.index"))
 print(json.dumps({"builder": "autofaiss", "factory": infos.get("index_key"), "nprobe": infos.get("index_param"),
-                  "build_s": build_s, "peak_mb": peak, "bytes_per_vector": size / index.ntotal, "recall@10": rec,
+                  "build_s": build_s, "cpu_s": cpu_s, "peak_mb": peak, "bytes_per_vector": size / index.ntotal,
+                  "recall@10": rec,
                   **out}))
 """.replace("LATENCY_QUERIES", str(LATENCY_QUERIES))
 
@@ -357,7 +372,8 @@ def run_autofaiss(args: argparse.Namespace, data: Path, work: Path, budget: str)
 
 COLS = [("bytes_per_vector", "B/vec", "{:.1f}"), ("recall@10", "recall@10", "{:.4f}"),
         ("p50_ms_1t", "p50 1t", "{:.3f}"), ("p99_ms_1t", "p99 1t", "{:.3f}"), ("p50_ms_2t", "p50 2t", "{:.3f}"),
-        ("p99_ms_2t", "p99 2t", "{:.3f}"), ("build_s", "build s", "{:.1f}"), ("peak_mb", "peak MB", "{:.0f}")]
+        ("p99_ms_2t", "p99 2t", "{:.3f}"), ("build_s", "build s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"),
+        ("peak_mb", "peak MB", "{:.0f}")]
 
 
 def report(rows: list[dict], sweep_rows: list[dict], args: argparse.Namespace, what: str) -> None:
