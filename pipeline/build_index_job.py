@@ -2,13 +2,14 @@
 
     step                                                           where it runs   code
     scan footers (rows, dim, one model fingerprint)                driver          index.source
-    choose the factory (auto: reasons printed and recorded)        driver          index.factory
+    choose the factory (auto: measured on a sample; reasons        driver          index.chooser
+      printed and recorded)
     seeded random sample -> train ONE empty index (trained.index)  driver          index.train
     per work unit: encode rows into per-shard partials, and the    Beam workers    transforms.index_shards,
       exact top-k of the held-out queries                                          index.shards, index.selfcheck
     per shard (GroupByKey): merge partials in unit order, check    Beam workers    transforms.index_shards,
       ids, write the shard and its id map                                          index.shards
-    tune nprobe (unless given), recall@k vs exact                  driver          index.selfcheck
+    operating points, nprobe (unless given), recall@k vs exact     driver          index.selfcheck
     manifest.json last in the version; then (settings.publish)     driver          index.layout
       CURRENT -> version, and retention
 
@@ -31,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from index import layout, storage
+from index.chooser import Choice, choose_for_source, exact_fits
 from index.errors import DuplicateImageIdError, IdCollisionError, IndexIntegrityError, RecallBelowFloorError
-from index.factory import FactoryChoice, choose_factory, describe_factory, fmt_bytes
+from index.factory import FactoryChoice, choose_factory, describe_factory, fmt_bytes, parse_memory
 from index.selfcheck import SELFCHECK_K, groundtruth_url, run_selfcheck
 from index.settings import BuildSettings
 from index.shards import read_infos, staging_dir
@@ -83,7 +85,7 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
     n, d = source.rows, source.dim
     timings["scan"] = time.time() - t0
     say(f"{len(source.files)} embedding file(s), {n:,} rows, dim {d}, model {source.model}")
-    choice, shards = _choose(settings, n, d)
+    choice, shards, chooser = _choose(settings, source, say)
     for line in choice.reasoning:
         say(f"  {line}")
     say(f"factory: {choice.factory}")
@@ -128,12 +130,16 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
     manifest["nprobe"], manifest["selfcheck"] = run_selfcheck(output, manifest, staging, queries, query_ids, settings)
     timings["selfcheck"] = time.time() - t0
     sc = manifest["selfcheck"]
+    manifest["operating_points"] = sc.pop("operating_points", None)
     say(f"self-check: recall@{SELFCHECK_K} = {sc['recall_at_k']:.4f} vs exact on {sc['queries']} held-out "
         f"queries at nprobe={manifest['nprobe']}")
     storage.rm(staging)
     timings["total"] = time.time() - t_start
     manifest.update(build_seconds=timings["total"], timings=timings, software=_software_versions(),
                     beam_args=list(beam_args or []))
+    if chooser is not None:
+        manifest["chooser"] = {**chooser.to_dict(), "fraction_of_build": chooser.seconds / timings["total"]}
+        say(f"auto choice cost {chooser.seconds:.0f}s = {manifest['chooser']['fraction_of_build']:.2f} of the build")
     layout.write_manifest(output, version, manifest)  # last file of the version: it is now complete
     say(f"wrote {vdir} ({fmt_bytes(manifest['index_bytes'])}, {manifest['bytes_per_vector']:.1f} B/vector) "
         f"in {timings['total']:.1f}s")
@@ -160,9 +166,18 @@ def run_shard_pipeline(units: list[WorkUnit], trained_url: str, vdir: str, n_sha
             _ = work | "GroundTruth" >> ExactGroundTruth(queries, SELFCHECK_K, dim, metric, groundtruth_url(staging))
 
 
-def _choose(settings: BuildSettings, n: int, d: int) -> tuple[FactoryChoice, int]:
-    """The factory (auto: from size, dim and budget) and the shard count, with the reasons for both."""
-    if settings.factory in (None, "", "auto"):
+def _choose(settings: BuildSettings, source: EmbeddingSource,
+            say: Callable[[str], None]) -> tuple[FactoryChoice, int, Choice | None]:
+    """The factory (auto: measured on a sample, ``index.chooser``, unless exact search fits) and the shard count,
+    with the reasons for both; and the chooser's record when it ran."""
+    n, d = source.rows, source.dim
+    chooser = None
+    budget = parse_memory(settings.max_memory)
+    if settings.factory in (None, "", "auto") and not exact_fits(n, d, budget):
+        chooser = choose_for_source(source, budget, settings.max_query_ms, train_per_list=settings.train_per_list,
+                                    metric=settings.metric, seed=settings.seed, echo=say)
+        choice = chooser.factory
+    elif settings.factory in (None, "", "auto"):
         choice = choose_factory(n, d, settings.max_memory, train_per_list=settings.train_per_list)
     else:
         choice = describe_factory(settings.factory, n, d, settings.train_per_list)
@@ -172,7 +187,7 @@ def _choose(settings: BuildSettings, n: int, d: int) -> tuple[FactoryChoice, int
         choice.reasoning.append(f"{shards} shard(s): one per started million vectors (override with --shards)")
     else:
         choice.reasoning.append(f"{shards} shard(s) as requested")
-    return choice, shards
+    return choice, shards, chooser
 
 
 def _manifest(version: str, choice: FactoryChoice, source: EmbeddingSource, settings: BuildSettings,

@@ -37,3 +37,14 @@ def numpy_topk(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     s = q @ x.T
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return top, np.take_along_axis(s, top, axis=1)
+
+
+def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, latent: int = 24, noise: float = 0.05,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+    """Clusters in a low-dimensional subspace (like real embeddings), projected to d dims, plus a little noise."""
+    base = np.random.default_rng(seed)
+    proj = base.standard_normal((latent, d)).astype(np.float32) / np.sqrt(latent)
+    centers = 3 * base.standard_normal((n_clusters, latent)).astype(np.float32)
+    rng = rng or base
+    z = centers[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, latent)).astype(np.float32)
+    return (z @ proj + noise * rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)

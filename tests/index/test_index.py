@@ -28,22 +28,11 @@ from index.selfcheck import recall_at_k
 from index.settings import BuildSettings
 from index.train import draw_rows
 from pipeline.build_index_job import build_index
-from tests.helpers_index import BEAM, numpy_topk, write_embeddings
+from tests.helpers_index import BEAM, clustered, numpy_topk, write_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 D = 768
-
-
-def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, latent: int = 24, noise: float = 0.05,
-              rng: np.random.Generator | None = None) -> np.ndarray:
-    """Clusters in a low-dimensional subspace (like real embeddings), projected to d dims, plus a little noise."""
-    base = np.random.default_rng(seed)
-    proj = base.standard_normal((latent, d)).astype(np.float32) / np.sqrt(latent)
-    centers = 3 * base.standard_normal((n_clusters, latent)).astype(np.float32)
-    rng = rng or base
-    z = centers[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, latent)).astype(np.float32)
-    return (z @ proj + noise * rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
 
 
 # ---- ids -----------------------------------------------------------------------------------------------------------
@@ -223,7 +212,7 @@ def test_ivfpq_on_clustered_data_meets_its_recorded_recall_and_floor_guard(tmp_p
     m = err.manifest
     sc = m["selfcheck"]
     assert m["factory"] == "IVF64,PQ48np" and not sc["passed"] and sc["queries"] == 200
-    assert 1 <= m["nprobe"] <= 64 and sc["nprobe_curve"][0]["nprobe"] == 1
+    assert 1 <= m["nprobe"] <= 64 and m["operating_points"]["points"][0]["nprobe"] == 1
     assert m["code_bytes_per_vector"] == 48 + 8 and m["bytes_per_vector"] < 4 * D / 4
     assert sc["recall_at_k"] >= 0.4, sc  # clustered data: PQ48 keeps many true neighbours
 

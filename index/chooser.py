@@ -1,0 +1,301 @@
+"""``--factory auto`` by measurement: build each candidate family on a seeded sample, tune it, keep the best.
+
+    sample      seeded random rows (N/10, 50k..200k), shuffled; held-out queries drawn with them
+    truth       exact inner-product top-k of the queries over the sample (``faiss.knn``)
+    round 1     every family of ``index.candidates`` that fits the budget, cheapest to train first
+    round 2     the best PQ family again with a learned OPQ rotation, if the time bound allows
+    per family  train its codes on the sample (one shared PCA and coarse k-means, nlist by the same 4·√N rule as
+                the final index), add the sample, sweep nprobe
+                (``index.operating_points.sweep``): recall@k and batch-1 single-thread latency, extrapolated to N
+    winner      the best recall@k whose extrapolated p50 is within ``max_query_ms`` and whose bytes fit;
+                ties (within 0.005 recall) go to the smaller one
+
+Why measure: the right code depends on the spectrum of the data. An exact low-dimensional latent makes PCA to that
+width with 8-bit scalars nearly lossless while PQ over the full width is capped well below; a slowly decaying
+spectrum (real text embeddings) spreads the signal so width matters more than bits. A fixed "largest code that
+fits" rule is right for one and wrong for the other.
+
+Latency extrapolation: a probe scans N/nlist codes at full size vs n/nlist_s in the sample, and the coarse
+quantizer holds nlist vs nlist_s centroids; the sample's latency is scaled by the larger of the two ratios (an
+upper bound). The final index then measures its own curve (``index.build`` self-check), so the served point obeys
+``max_query_ms`` for real.
+
+Cost bound: round 1 is bounded by construction (at most six families, on at most 200k rows, sharing one PCA and
+one k-means); round 2 (OPQ training: minutes at d=768) starts only while the chooser has spent less than
+``cost_fraction`` of the final build projected from the first family (its training time, shared PCA and k-means
+included, scaled to the final training size, plus its add time scaled to N), or less than ``min_seconds``. The
+cost is reported (``build_index`` records it as a fraction of the whole build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from index.candidates import Candidate, candidates_for
+from index.errors import FactoryError
+from index.factory import FLAT_MAX, ID_BYTES, MIN_POINTS_PER_LIST, PQ_MIN_TRAIN, FactoryChoice, fmt_bytes, nlist_for
+from index.operating_points import RECALL_TOLERANCE, OperatingPoint, pick, sweep
+
+log = logging.getLogger(__name__)
+
+K = 10
+SAMPLE_MIN, SAMPLE_MAX = 50_000, 200_000  # rows: N/10 within these bounds
+CHOOSER_QUERIES = 500
+
+
+@dataclasses.dataclass
+class Measured:
+    candidate: Candidate
+    factory: str                    # as built on the sample
+    bytes_per_vector: float         # predicted at full size (whole index / N)
+    sample_bytes: int               # serialized size of the sample index
+    sample_bytes_predicted: int     # the byte model at sample size (checks the prediction above)
+    points: list[OperatingPoint]
+    best: OperatingPoint | None     # best point within the latency target
+    train_s: float
+    add_s: float
+    seconds: float
+
+    def row(self) -> dict[str, Any]:
+        return {"family": self.candidate.family, "factory": self.factory, "bytes_per_vector": self.bytes_per_vector,
+                "sample_bytes": self.sample_bytes, "sample_bytes_predicted": self.sample_bytes_predicted,
+                "nprobe": self.best.nprobe if self.best else None,
+                "recall": self.best.recall if self.best else None,
+                "p50_ms": self.best.p50_ms if self.best else None, "train_s": self.train_s, "add_s": self.add_s,
+                "seconds": self.seconds, "points": [p.to_dict() for p in self.points]}
+
+
+@dataclasses.dataclass
+class Choice:
+    factory: FactoryChoice
+    winner: Measured
+    table: list[Measured]
+    skipped: list[str]
+    seconds: float
+    sample_rows: int
+    queries: int
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds,
+                "sample_rows": self.sample_rows, "queries": self.queries, "k": K,
+                "candidates": [m.row() for m in self.table], "skipped": self.skipped}
+
+
+def exact_fits(n: int, d: int, budget: int | None) -> bool:
+    """Small sets that fit as raw floats are searched exactly (``index.factory``'s first rule): nothing to measure."""
+    return n <= FLAT_MAX and (budget is None or n * (4 * d + ID_BYTES) <= budget)
+
+
+def sample_size(n: int) -> int:
+    return min(n, max(SAMPLE_MIN, min(SAMPLE_MAX, n // 10)))
+
+
+class SampleSpace:
+    """Training shared by every candidate on one sample: one full PCA, cut to each width a candidate asks for, and
+    one coarse k-means, mapped into each candidate's space. Measured reason: at d=768 on 50k rows a PCA costs ~4 s
+    and a 1024-list k-means ~7 s per candidate on these machines, most of a candidate's cost.
+
+    Cutting the full PCA gives the matrix faiss trains for ``PCA{w}`` (the first w eigenvectors of the same
+    covariance; ``PCAR{w}`` adds faiss's fixed-seed rotation). The k-means runs once on the first ``coarse_width``
+    principal components; its centroids are mapped back to input space and through each candidate's transform, so
+    every candidate partitions the data the same way and differs only in its codes (the final build trains its own
+    quantizer)."""
+
+    def __init__(self, sample: np.ndarray, nlist: int, train_n: int, coarse_width: int, seed: int) -> None:
+        import faiss
+
+        d = sample.shape[1]
+        self.pca = faiss.PCAMatrix(d, d)
+        self.pca.train(sample[:max(train_n, min(len(sample), 1000 * d))])
+        w = min(d, coarse_width)
+        km = faiss.Kmeans(w, nlist, niter=10, seed=seed, max_points_per_centroid=train_n // nlist + 1)
+        km.train(np.ascontiguousarray(self.pca.apply(sample[:train_n])[:, :w]))
+        pcamat = faiss.vector_to_array(self.pca.PCAMat).reshape(d, d)   # rows: principal directions
+        mean = faiss.vector_to_array(self.pca.mean)
+        self.centroids_in = (mean + km.centroids @ pcamat[:w]).astype(np.float32)  # back in input space
+
+    def cut(self, width: int, rotate: bool):
+        import faiss
+
+        d = self.pca.d_in
+        pca = faiss.PCAMatrix(d, width, 0, rotate)
+        for name in ("mean", "eigenvalues", "PCAMat"):
+            faiss.copy_array_to_vector(faiss.vector_to_array(getattr(self.pca, name)), getattr(pca, name))
+        pca.is_trained = True
+        pca.prepare_Ab()
+        pca.PCAMat.clear()  # as index.train.drop_pca_training_state does for the final index
+        pca.eigenvalues.clear()
+        return pca
+
+
+def _train_on_space(c: Candidate, factory: str, space: SampleSpace, x_train: np.ndarray, metric: str):
+    """``factory`` trained with the shared PCA and coarse centroids: only the codes (SQ ranges, PQ codebooks on
+    residuals) are trained here."""
+    import faiss
+
+    from index.train import metric_of
+
+    vt = space.cut(c.width, rotate=c.transform.startswith("PCAR")) if c.transform else None
+    inner = faiss.index_factory(c.width, factory.split(",", 1)[1] if c.transform else factory, metric_of(metric))
+    ivf = faiss.extract_index_ivf(inner)
+    ivf.quantizer.add(vt.apply(space.centroids_in) if vt else space.centroids_in)
+    inner.train(np.ascontiguousarray(vt.apply(x_train) if vt else x_train))
+    return faiss.IndexPreTransform(vt, inner) if vt else inner
+
+
+def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
+            nlist_full: int, train_per_list: int, max_query_ms: float, metric: str, seed: int,
+            space: SampleSpace | None = None) -> Measured:
+    """Train ``c`` on (a prefix of the shuffled) ``base`` — on the shared ``space`` unless its transform is learned
+    (OPQ) —, add all of it, serialize it, sweep nprobe."""
+    import faiss
+
+    from index.train import train_empty_index
+
+    t0 = time.time()
+    n = len(base)
+    nlist = nlist_for(n)
+    train_n = candidate_train_size(c, n, nlist, train_per_list)
+    factory = c.factory(nlist)
+    if space is not None and not c.transform.startswith("OPQ"):
+        index = _train_on_space(c, factory, space, base[:train_n], metric)
+    else:
+        index = train_empty_index(factory, d, base[:train_n], metric, seed)
+    train_s = time.time() - t0
+    t1 = time.time()
+    index.add_with_ids(base, np.arange(n, dtype=np.int64))
+    add_s = time.time() - t1
+    sample_bytes = len(faiss.serialize_index(index))
+    model_bytes = c.index_bytes(n, d, nlist)
+    # the byte model, calibrated by what this sample index really serializes to (fast-scan padding of uneven lists)
+    per_vector = c.index_bytes(n_full, d, nlist_full) * max(1.0, sample_bytes / model_bytes) / n_full
+    scale = max(1.0, (n_full / nlist_full) / (n / nlist), nlist_full / nlist)
+    points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale)
+    within = [p for p in points if p.p50_ms <= max_query_ms]
+    best = pick(within, max_latency_ms=max_query_ms) if within else None
+    return Measured(c, factory, per_vector, sample_bytes, model_bytes, points, best, train_s, add_s,
+                    time.time() - t0)
+
+
+def candidate_train_size(c: Candidate, n: int, nlist: int, train_per_list: int) -> int:
+    """Training rows: ``train_per_list`` per list (>= 39), and >= 9,984 for an 8-bit PQ codebook."""
+    return min(n, max(nlist * train_per_list, nlist * MIN_POINTS_PER_LIST,
+                      PQ_MIN_TRAIN if c.codec.startswith("PQ") else 0))
+
+
+def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: int | None,
+           max_query_ms: float, train_per_list: int = 64, metric: str = "ip", seed: int = 0,
+           cost_fraction: float = 0.5, min_seconds: float = 30.0,
+           echo: Callable[[str], None] | None = None) -> Choice:
+    """Measure the candidates for ``n_full`` vectors on ``sample`` (rows in random order) with held-out
+    ``queries``; return the winner as a ``FactoryChoice`` for the full build, with the table and the reasons."""
+    import faiss
+
+    say = echo or (lambda m: log.info("%s", m))
+    t_start = time.time()
+    d = sample.shape[1]
+    nlist_full = nlist_for(n_full)
+    cands = candidates_for(n_full, d, max_memory, nlist_full)
+    if not cands:
+        raise FactoryError(f"memory budget {fmt_bytes(max_memory or 0)} is too small for {n_full:,} vectors of dim "
+                           f"{d}: no candidate fits. Raise --max-memory or shard across machines.")
+    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    truth = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(sample), K, metric=fmetric)[1]
+    budget_s = min_seconds
+    nlist = nlist_for(len(sample))
+    t0 = time.time()
+    space = SampleSpace(sample, nlist, min(len(sample), nlist * train_per_list), min(c.width for c in cands), seed)
+    space_s = time.time() - t0
+    table: list[Measured] = []
+    skipped: list[str] = []
+
+    def run(c: Candidate, bounded: bool) -> None:
+        nonlocal budget_s
+        spent = time.time() - t_start
+        if bounded and spent > budget_s:
+            skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f}s > {budget_s:.0f}s)")
+            return
+        m = measure(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
+                    train_per_list=train_per_list, max_query_ms=max_query_ms, metric=metric, seed=seed, space=space)
+        if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
+            skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the byte "
+                           f"model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over the budget")
+            return
+        table.append(m)
+        if len(table) == 1:  # project the final build from the cheapest family
+            train_full = min(n_full, nlist_full * train_per_list)
+            projected = (space_s + m.train_s) * train_full / max(1, min(len(sample), nlist * train_per_list))
+            projected += m.add_s * n_full / len(sample)
+            budget_s = max(min_seconds, cost_fraction * projected)
+        say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
+            f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
+            else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
+
+    for c in cands:
+        run(c, bounded=False)
+    pq_rows = [m for m in table if m.candidate.family.startswith("pq") and m.best]
+    if pq_rows:
+        run(max(pq_rows, key=lambda m: m.best.recall).candidate.with_opq(), bounded=True)
+
+    ok = [m for m in table if m.best is not None]
+    if not ok:
+        raise FactoryError(f"no candidate reaches a p50 latency of {max_query_ms} ms at batch 1 on one thread "
+                           f"(fastest: {min(p.p50_ms for m in table for p in m.points):.2f} ms): raise "
+                           "--max-query-ms or --max-memory")
+    top = max(m.best.recall for m in ok)
+    tied = [m for m in ok if m.best.recall >= top - RECALL_TOLERANCE]
+    winner = min(tied, key=lambda m: m.bytes_per_vector)  # not by latency: that would make the choice noisy
+    rivals = sorted((m for m in ok if m is not winner), key=lambda m: -m.best.recall)
+    why = (f"{winner.factory}: best recall@{K} within {max_query_ms} ms ({winner.best.recall:.4f} at nprobe "
+           f"{winner.best.nprobe}, {winner.best.p50_ms:.3f} ms extrapolated to {n_full:,} rows)")
+    if len(tied) > 1:
+        why += f"; the smallest of {len(tied)} within {RECALL_TOLERANCE} recall"
+    if rivals:
+        r = rivals[0]
+        why += f"; next {r.factory} {r.best.recall:.4f} ({r.best.recall - winner.best.recall:+.4f})"
+    seconds = time.time() - t_start
+    c = winner.candidate
+    final_factory = c.factory(nlist_full)
+    train_size = candidate_train_size(c, n_full, nlist_full, train_per_list)
+    reasoning = [
+        f"{n_full:,} vectors of dim {d}, memory budget {fmt_bytes(max_memory) if max_memory else 'unlimited'}, "
+        f"latency target {max_query_ms} ms (batch 1, one thread); measured {len(table)} candidate(s) on a seeded "
+        f"sample of {len(sample):,} rows with {len(queries)} held-out queries and exact top-{K} in {seconds:.0f}s",
+        *[f"  {m.factory:<30} {m.bytes_per_vector:7.1f} B/vector  " + (
+            f"recall@{K} {m.best.recall:.4f} nprobe {m.best.nprobe} p50 {m.best.p50_ms:.3f} ms" if m.best
+            else "too slow") for m in table],
+        *[f"  skipped {s}" for s in skipped],
+        f"chose {why}",
+        f"nlist = {nlist_full} (power of two nearest 4*sqrt(N)); train on {train_size:,} vectors",
+    ]
+    pq_m = int(c.codec[2:].split("x")[0].rstrip("np")) if c.codec.startswith("PQ") else None
+    choice = FactoryChoice(
+        factory=final_factory, kind=f"ivf-{c.family}", nlist=nlist_full, pq_m=pq_m,
+        opq=c.transform.startswith("OPQ"), quantizer="hnsw32" if "_HNSW" in final_factory else "flat",
+        est_bytes=c.index_bytes(n_full, d, nlist_full), bytes_per_vector=c.code_bytes + ID_BYTES,
+        train_size=train_size, reasoning=reasoning)
+    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why)
+
+
+def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, train_per_list: int = 64,
+                      metric: str = "ip", seed: int = 0, echo: Callable[[str], None] | None = None) -> Choice:
+    """``choose`` on a seeded random sample of an ``EmbeddingSource`` (rows shuffled: a candidate trains on a
+    prefix), with held-out queries drawn with it."""
+    from index.source import read_rows
+    from index.train import draw_rows
+
+    say = echo or (lambda m: log.info("%s", m))
+    rows, query_rows = draw_rows(source.rows, sample_size(source.rows), CHOOSER_QUERIES, seed + 1)
+    say(f"auto: measuring candidates on {len(rows):,} sampled rows, {len(query_rows)} held-out queries")
+    sample = read_rows(source, rows, ("embedding",))["embedding"]
+    sample = np.ascontiguousarray(sample[np.random.default_rng(seed).permutation(len(sample))])
+    queries = read_rows(source, query_rows, ("embedding",))["embedding"]
+    return choose(sample, queries, n_full=source.rows, max_memory=max_memory, max_query_ms=max_query_ms,
+                  train_per_list=train_per_list, metric=metric, seed=seed, echo=say)
