@@ -365,7 +365,7 @@ def main() -> None:
     if not args.no_serve:
         from index.settings import BuildSettings
         from pipeline.build_index_job import build_index
-        from tests.test_index import write_embeddings  # the embeddings contract writer
+        from tests.helpers_index import write_embeddings  # the embeddings contract writer
 
         n = min(args.vectors, 5000)
         write_embeddings(os.path.join(tmp, "emb", "part-0.parquet"), corpus[:n], model=model.fingerprint)
