@@ -22,33 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from bench.corpus import DEMO_IMAGES, make_corpus
 from core.errors import EXIT_OK
 from pipeline.nightly import NightlyConfig, run_nightly
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "jobs" / "demo_data" / "images"
-
-
-def make_corpus(folder: Path, n: int, size: int, seed: int) -> list[Path]:
-    """``n`` distinct JPEGs: random crops (20-100% of each side) of the demo photos, fit into ``size`` px."""
-    rng = np.random.default_rng(seed)
-    photos = [Image.open(p).convert("RGB") for p in sorted(DEMO.glob("*.jpg"))]
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        w, h = img.size
-        cw, ch = int(w * rng.uniform(0.2, 1.0)), int(h * rng.uniform(0.2, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crop = img.crop((x, y, x + cw, y + ch))
-        crop.thumbnail((size, size))
-        path = folder / f"img{i:05d}.jpg"
-        crop.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def nightly(root: Path, corpus: Path, workers: int | None) -> tuple[float, dict]:
@@ -88,11 +64,11 @@ def main() -> None:
     try:
         n_new = max(1, round(args.images * args.new_fraction))
         staging, corpus = base / "all", base / "corpus"
-        paths = make_corpus(staging, args.images, args.size, args.seed)
+        paths = make_corpus(staging, args.images, args.seed, long_side=(args.size, args.size), crop=(0.2, 1.0))
         corpus.mkdir(parents=True, exist_ok=True)
         for p in paths[:-n_new]:
             shutil.copyfile(p, corpus / p.name)
-        print(f"corpus: {args.images} JPEGs (random crops of {len(list(DEMO.glob('*.jpg')))} demo photos, <= "
+        print(f"corpus: {args.images} JPEGs (random crops of {len(list(DEMO_IMAGES.glob('*.jpg')))} demo photos, <= "
               f"{args.size} px), {n_new} new ({n_new / args.images:.1%}); tiny encoder + detector, random weights, "
               f"CPU, FnApiRunner{f' x{args.workers} workers' if args.workers else ''}, {os.cpu_count()} cores")
 

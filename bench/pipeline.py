@@ -17,31 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from bench.corpus import make_corpus
 from pipeline.embed_job import EmbedJob, prepare_models, run_embed_job
 from transforms.decoding import decode_image
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def make_corpus(directory: Path, n: int, seed: int = 0) -> list[Path]:
-    """n JPEGs cut from the bundled photos: random crops and sizes (240-480 px on the long side)."""
-    rng = np.random.default_rng(seed)
-    sources = [Image.open(p).convert("RGB") for p in sorted((REPO / "jobs" / "demo_data" / "images").glob("*.jpg"))]
-    paths = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = src.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = src.crop((x, y, x + cw, y + ch))
-        side = int(rng.integers(240, 481))
-        img = img.resize((side, max(1, round(side * ch / cw))) if cw >= ch else (max(1, round(side * cw / ch)), side))
-        path = directory / f"img_{i:05d}.jpg"
-        img.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def bare_loop(paths: list[Path], extractor, encoder, det_batch: int, enc_batch: int) -> dict[str, float]:

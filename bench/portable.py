@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.pipeline import make_corpus
+from bench.corpus import make_corpus
 from pipeline.embed_job import EmbedJob, run_embed_job
 from pipeline.job_service import LocalJobService
 
