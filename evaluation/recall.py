@@ -50,12 +50,7 @@ def _rows_per_chunk(n_cols: int, max_bytes: int) -> int:
 def text_to_image_ranks(text: np.ndarray, images: np.ndarray, caption_image: np.ndarray,
                         max_bytes: int = DEFAULT_MAX_BYTES) -> Ranks:
     """Rank of each caption's own image (``caption_image[c]`` = gallery row) among all gallery images."""
-    text, images = _check(text, images)
-    gt = np.asarray(caption_image, dtype=np.int64)
-    if gt.shape != (len(text),):
-        raise ValueError(f"caption_image has shape {gt.shape}, expected ({len(text)},)")
-    if len(gt) and (gt.min() < 0 or gt.max() >= len(images)):
-        raise ValueError("caption_image points outside the gallery")
+    text, images, gt = _check(text, images, caption_image)
     n = len(images)
     cols = np.arange(n)
     ranks = np.empty(len(text), dtype=np.int64)
@@ -78,10 +73,7 @@ def image_to_text_ranks(images: np.ndarray, text: np.ndarray, caption_image: np.
     An image's own captions are those ``c`` with ``caption_image[c] == row``; an image without captions gets
     rank ``len(text)`` (never a hit) and should not be passed as a query.
     """
-    text, images = _check(text, images)
-    owner = np.asarray(caption_image, dtype=np.int64)
-    if owner.shape != (len(text),):
-        raise ValueError(f"caption_image has shape {owner.shape}, expected ({len(text)},)")
+    text, images, owner = _check(text, images, caption_image)
     c = len(text)
     cols = np.arange(c)
     ranks = np.empty(len(images), dtype=np.int64)
@@ -115,9 +107,16 @@ def hits_from_topk(retrieved: Sequence[Sequence[str]], expected: Sequence[str], 
     return {int(k): float((first < k).mean()) if len(first) else float("nan") for k in ks}
 
 
-def _check(text: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(text: np.ndarray, images: np.ndarray, caption_image: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 contiguous text and images of one width, and each caption's image row inside the gallery."""
     text = np.ascontiguousarray(text, dtype=np.float32)
     images = np.ascontiguousarray(images, dtype=np.float32)
     if text.ndim != 2 or images.ndim != 2 or text.shape[1] != images.shape[1]:
         raise ValueError(f"text {text.shape} and images {images.shape} must be [*, D] with the same D")
-    return text, images
+    owner = np.asarray(caption_image, dtype=np.int64)
+    if owner.shape != (len(text),):
+        raise ValueError(f"caption_image has shape {owner.shape}, expected ({len(text)},)")
+    if len(owner) and (owner.min() < 0 or owner.max() >= len(images)):
+        raise ValueError("caption_image points outside the gallery")
+    return text, images, owner
