@@ -1,9 +1,10 @@
-"""An index version that a failed build leaves behind is removed, as the nightly job does for its own runs
-(``pipeline.nightly.recovery.discard_partial``), with the one deletion rule (``index.layout.delete_version``).
+"""An index version that a failed build leaves behind is removed (``pipeline.build_index_job.build_index`` runs
+in this, so ``ldot build-index`` and the nightly job both get it), with the one deletion rule
+(``index.layout.delete_version``).
 
 A version without its manifest is never read or published, but it holds partial shards and staging files; a
-build that raises (pipeline failure, I/O error, id collision) deletes it. A version whose manifest is written
-(e.g. built but below the recall floor) is complete and kept.
+build that raises (pipeline failure, a missing or wrong ``_done``, I/O error, id collision) deletes it. A version
+whose manifest is written (e.g. built but below the recall floor) is complete and kept.
 """
 
 from __future__ import annotations

@@ -7,13 +7,20 @@ byte-identical shards. Partials go through the staging folder of the version bei
 
     <version>/_staging/parts/u<unit>-s<shard>.index     one unit's rows of one shard, encoded
     <version>/_staging/parts/u<unit>-s<shard>.parquet   their id-map rows (faiss_id, image_id, uri)
-    <version>/_staging/info/<shard>.json                the merged shard's manifest entry, or its id error
+    <version>/_done                                     the pipeline's last step: every shard's manifest entry
+                                                        (or its id error) and the counts, once all are written
+
+``_done`` is written by the one step that joins every branch of the build (``transforms.index_shards.Done``), on
+a worker; the driver reads it and checks it again (``read_done``), so a run whose workers wrote somewhere the
+driver cannot see, or that ended before its last step, is refused instead of published.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +34,7 @@ from index.ids import check_unique, faiss_ids, shards_of_ids
 from index.source import WorkUnit, iter_unit_batches, vectors
 
 STAGING = "_staging"
+DONE = "_done"
 IDMAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("image_id", pa.string()), ("uri", pa.string())])
 _ID_ERRORS = {cls.__name__: cls for cls in (IdCollisionError, DuplicateImageIdError)}
 
@@ -43,8 +51,8 @@ def part_base(staging: str, unit: int, shard: int) -> str:
     return storage.join(staging, "parts", f"u{unit:07d}-s{shard:05d}")
 
 
-def info_url(staging: str, shard: int) -> str:
-    return storage.join(staging, "info", f"{shard:05d}.json")
+def done_url(vdir: str) -> str:
+    return storage.join(vdir, DONE)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -123,14 +131,52 @@ def merge_shard(shard: int, units: Iterable[tuple[int, int]], trained: Any, stag
                       "rows": idmap.num_rows}}
 
 
-def write_info(staging: str, info: dict[str, Any]) -> None:
-    storage.write_text(info_url(staging, info["shard"]), json.dumps(info))
+def done_marker(entries: Iterable[dict[str, Any]], groundtruth: Iterable[str], n_shards: int) -> dict[str, Any]:
+    """The ``_done`` record of a build: every shard's manifest entry (or id error), in shard order, and its counts.
+    ``written_by`` (host:pid) says which process ran the last step."""
+    shards = sorted(entries, key=lambda e: e["shard"])
+    return {"n_shards": n_shards, "shards": shards,
+            "vectors": sum(e.get("count", 0) for e in shards), "groundtruth": sorted(groundtruth),
+            "written_by": f"{socket.gethostname()}:{os.getpid()}"}
 
 
-def read_infos(staging: str, n_shards: int) -> list[dict[str, Any]]:
-    """Every shard's manifest entry, in shard order; raises the first id error a shard reported."""
-    infos = [json.loads(storage.read_text(info_url(staging, s))) for s in range(n_shards)]
-    for info in infos:
-        if "error" in info:
-            raise _ID_ERRORS[info["error"]["type"]](info["error"]["message"])
-    return infos
+def check_done(marker: dict[str, Any], n_shards: int, rows: int, groundtruth: bool, where: str) -> None:
+    """Raise IndexIntegrityError unless ``marker`` holds shards 0..n_shards-1 once each, ``rows`` vectors in all
+    (unless a shard reports an id error, which the driver raises), and the ground truth when there are queries."""
+    ids = [e["shard"] for e in marker["shards"]]
+    problems = []
+    if marker["n_shards"] != n_shards or ids != list(range(n_shards)):
+        missing = sorted(set(range(n_shards)) - set(ids))
+        extra = sorted({s for s in ids if ids.count(s) > 1 or not 0 <= s < n_shards})
+        problems.append(f"{len(ids)} shard entries for {n_shards} shard(s) (missing {missing}, repeated or unknown "
+                        f"{extra})")
+    if not any("error" in e for e in marker["shards"]) and marker["vectors"] != rows:
+        problems.append(f"the shards hold {marker['vectors']} vectors but the inputs have {rows} rows")
+    if bool(marker["groundtruth"]) != groundtruth:
+        problems.append("the exact ground truth of the held-out queries is " +
+                        ("missing" if groundtruth else "there although no queries were held out"))
+    if problems:
+        raise IndexIntegrityError(f"{where}: " + "; ".join(problems))
+
+
+def write_done(vdir: str, marker: dict[str, Any], n_shards: int, rows: int, groundtruth: bool) -> None:
+    """The last step of the build pipeline: check that every branch delivered, then write ``_done``."""
+    check_done(marker, n_shards, rows, groundtruth, f"the last step of the build of {vdir}")
+    storage.write_text(done_url(vdir), json.dumps(marker, indent=1))
+
+
+def read_done(vdir: str, n_shards: int, rows: int, groundtruth: bool) -> list[dict[str, Any]]:
+    """The driver's side: every shard's manifest entry from ``_done``, checked again against what the driver
+    expects; raises the first id error a shard reported, IndexIntegrityError when ``_done`` is missing or wrong."""
+    url = done_url(vdir)
+    try:
+        marker = json.loads(storage.read_text(url))
+    except FileNotFoundError:
+        raise IndexIntegrityError(
+            f"the build pipeline ended but its last step left no {url}: the shards were not all written where this "
+            f"launcher reads them (do the workers share this filesystem? did the runner finish the job?)") from None
+    for entry in marker["shards"]:
+        if "error" in entry:
+            raise _ID_ERRORS[entry["error"]["type"]](entry["error"]["message"])
+    check_done(marker, n_shards, rows, groundtruth, f"{url} does not match this build")
+    return marker["shards"]

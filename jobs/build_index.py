@@ -47,8 +47,6 @@ def build_index_cmd(ctx: click.Context, output: str, no_publish: bool, as_json: 
     OUTPUT/versions/<version>/, switching OUTPUT/CURRENT last. Unknown options are passed to Beam
     (default --runner=FnApiRunner)."""
     from core.paths import absolute
-    from index.discard import discard_incomplete_version
-    from index.layout import new_version_name
     from index.settings import BuildSettings
     from pipeline.beam_args import split_beam_args
     from pipeline.build_index_job import build_index
@@ -62,9 +60,7 @@ def build_index_cmd(ctx: click.Context, output: str, no_publish: bool, as_json: 
     check_worker_paths(beam_args, {"EMBEDDINGS": embeddings, "--output": output})
     build = BuildSettings(publish=not no_publish, **settings)  # the flags are named after its fields
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    version = new_version_name()
-    with discard_incomplete_version(output, version):
-        result = build_index(embeddings, output, build, beam_args=beam_args, version=version, echo=echo)
+    result = build_index(embeddings, output, build, beam_args=beam_args, echo=echo)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
     elif not result.published:

@@ -9,12 +9,16 @@
       exact top-k of the held-out queries                                          index.shards, index.selfcheck
     per shard (GroupByKey): merge partials in unit order, check    Beam workers    transforms.index_shards,
       ids, write the shard and its id map                                          index.shards
+    last step, after every branch: check every shard and the       one Beam        transforms.index_shards,
+      ground truth are there, write <version>/_done                  worker          index.shards
+    read _done, check it again (missing or wrong: refused)         driver          index.shards
     operating points, nprobe (unless given), recall@k vs exact     driver          index.selfcheck
     manifest.json last in the version; then (settings.publish)     driver          index.layout
       CURRENT -> version, and retention
 
-``ldot build-index`` and the nightly job both call ``build_index``; ``on_point`` lets a caller act at named
-points of the build (the nightly job's fault injection), see ``POINTS``.
+``ldot build-index`` and the nightly job both call ``build_index``; a build that raises removes the version it
+left incomplete (``index.discard``). ``on_point`` lets a caller act at named points of the build (the nightly
+job's fault injection), see ``POINTS``.
 """
 
 from __future__ import annotations
@@ -33,21 +37,23 @@ import pyarrow as pa
 
 from index import layout, storage
 from index.chooser import Choice, choose_for_source, exact_fits
-from index.errors import DuplicateImageIdError, IdCollisionError, IndexIntegrityError, RecallBelowFloorError
+from index.discard import discard_incomplete_version
+from index.errors import RecallBelowFloorError
 from index.factory import FactoryChoice, choose_factory, describe_factory, fmt_bytes, parse_memory
 from index.selfcheck import SELFCHECK_K, groundtruth_url, run_selfcheck
 from index.settings import BuildSettings
-from index.shards import read_infos, staging_dir
+from index.shards import read_done, staging_dir
 from index.source import EmbeddingSource, WorkUnit, read_rows
 from index.train import draw_rows, sample_vectors, train_empty_index
 from pipeline.beam_args import pipeline_options
-from transforms.index_shards import BuildShards, ExactGroundTruth
+from transforms.index_shards import GROUNDTRUTH, SHARD, BuildShards, Done, ExactGroundTruth
 
 log = logging.getLogger(__name__)
 
 # named points of a build, in order, passed to ``on_point``:
 #   "trained": <version>/trained.index is written and no shard is (the version folder is half-written)
-POINTS = ("trained",)
+#   "pipeline": the Beam pipeline has ended; the driver has not read its _done record yet (no manifest)
+POINTS = ("trained", "pipeline")
 
 
 @dataclasses.dataclass
@@ -94,76 +100,77 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
     vdir = layout.version_dir(output, version)
     staging = staging_dir(vdir)
 
-    t0 = time.time()
-    train_rows, query_rows = draw_rows(n, choice.train_size, settings.selfcheck_queries, settings.seed)
-    sample = sample_vectors(source, train_rows)
-    held_out = read_rows(source, query_rows, ("embedding", "image_id")) if len(query_rows) else None
-    queries = held_out["embedding"] if held_out else np.zeros((0, d), np.float32)
-    timings["sample"] = time.time() - t0
-    t0 = time.time()
-    trained = train_empty_index(choice.factory, d, sample, settings.metric, settings.seed)
-    del sample
-    trained_url = storage.join(vdir, "trained.index")
-    trained_sha, trained_bytes = storage.write_index(trained, trained_url)
-    timings["train"] = time.time() - t0
-    say(f"trained on {len(train_rows):,} sampled rows in {timings['train']:.1f}s -> {version}")
-    reached("trained")
+    with discard_incomplete_version(output, version):  # a build that raises leaves no half-written version
+        t0 = time.time()
+        train_rows, query_rows = draw_rows(n, choice.train_size, settings.selfcheck_queries, settings.seed)
+        sample = sample_vectors(source, train_rows)
+        held_out = read_rows(source, query_rows, ("embedding", "image_id")) if len(query_rows) else None
+        queries = held_out["embedding"] if held_out else np.zeros((0, d), np.float32)
+        timings["sample"] = time.time() - t0
+        t0 = time.time()
+        trained = train_empty_index(choice.factory, d, sample, settings.metric, settings.seed)
+        del sample
+        trained_url = storage.join(vdir, "trained.index")
+        trained_sha, trained_bytes = storage.write_index(trained, trained_url)
+        timings["train"] = time.time() - t0
+        say(f"trained on {len(train_rows):,} sampled rows in {timings['train']:.1f}s -> {version}")
+        reached("trained")
 
-    t0 = time.time()
-    units = source.work_units(settings.rows_per_unit)
-    run_shard_pipeline(units, trained_url, vdir, shards, d, queries, settings.metric, beam_args)
-    try:
-        infos = read_infos(staging, shards)
-    except (IdCollisionError, DuplicateImageIdError):
-        storage.rm(vdir)  # nothing of a refused input stays behind
-        raise
-    timings["shards"] = time.time() - t0
-    total = sum(i["count"] for i in infos)
-    if total != n:
-        raise IndexIntegrityError(f"shards hold {total} vectors but the inputs have {n} rows")
-    say(f"built {shards} shard(s) from {len(units)} work unit(s) in {timings['shards']:.1f}s")
+        t0 = time.time()
+        units = source.work_units(settings.rows_per_unit)
+        run_shard_pipeline(units, trained_url, vdir, shards, d, queries, settings.metric, beam_args)
+        reached("pipeline")
+        infos = read_done(vdir, shards, n, groundtruth=bool(len(queries)))  # what the workers wrote, all of it
+        timings["shards"] = time.time() - t0
+        say(f"built {shards} shard(s) from {len(units)} work unit(s) in {timings['shards']:.1f}s")
 
-    manifest = _manifest(version, choice, source, settings, train_rows, infos,
-                         {"path": "trained.index", "sha256": trained_sha, "bytes": trained_bytes})
-    t0 = time.time()
-    query_ids = held_out["image_id"] if held_out else []
-    manifest["nprobe"], manifest["selfcheck"] = run_selfcheck(output, manifest, staging, queries, query_ids, settings)
-    timings["selfcheck"] = time.time() - t0
-    sc = manifest["selfcheck"]
-    manifest["operating_points"] = sc.pop("operating_points", None)
-    say(f"self-check: recall@{SELFCHECK_K} = {sc['recall_at_k']:.4f} vs exact on {sc['queries']} held-out "
-        f"queries at nprobe={manifest['nprobe']}")
-    storage.rm(staging)
-    timings["total"] = time.time() - t_start
-    manifest.update(build_seconds=timings["total"], timings=timings, software=_software_versions(),
-                    beam_args=list(beam_args or []))
-    if chooser is not None:
-        manifest["chooser"] = {**chooser.to_dict(), "fraction_of_build": chooser.seconds / timings["total"]}
-        say(f"auto choice cost {chooser.seconds:.0f}s = {manifest['chooser']['fraction_of_build']:.2f} of the build")
-    layout.write_manifest(output, version, manifest)  # last file of the version: it is now complete
-    say(f"wrote {vdir} ({fmt_bytes(manifest['index_bytes'])}, {manifest['bytes_per_vector']:.1f} B/vector) "
-        f"in {timings['total']:.1f}s")
+        manifest = _manifest(version, choice, source, settings, train_rows, infos,
+                             {"path": "trained.index", "sha256": trained_sha, "bytes": trained_bytes})
+        t0 = time.time()
+        query_ids = held_out["image_id"] if held_out else []
+        manifest["nprobe"], manifest["selfcheck"] = run_selfcheck(output, manifest, staging, queries, query_ids,
+                                                                  settings)
+        timings["selfcheck"] = time.time() - t0
+        sc = manifest["selfcheck"]
+        manifest["operating_points"] = sc.pop("operating_points", None)
+        say(f"self-check: recall@{SELFCHECK_K} = {sc['recall_at_k']:.4f} vs exact on {sc['queries']} held-out "
+            f"queries at nprobe={manifest['nprobe']}")
+        storage.rm(staging)
+        timings["total"] = time.time() - t_start
+        manifest.update(build_seconds=timings["total"], timings=timings, software=_software_versions(),
+                        beam_args=list(beam_args or []))
+        if chooser is not None:
+            manifest["chooser"] = {**chooser.to_dict(), "fraction_of_build": chooser.seconds / timings["total"]}
+            say(f"auto choice cost {chooser.seconds:.0f}s = {manifest['chooser']['fraction_of_build']:.2f} of the "
+                "build")
+        layout.write_manifest(output, version, manifest)  # last file of the version: it is now complete
+        say(f"wrote {vdir} ({fmt_bytes(manifest['index_bytes'])}, {manifest['bytes_per_vector']:.1f} B/vector) "
+            f"in {timings['total']:.1f}s")
 
-    if not sc["passed"]:
-        raise RecallBelowFloorError(
-            f"recall@{SELFCHECK_K} self-check {sc['recall_at_k']:.4f} is below the floor {settings.min_recall}: "
-            f"version {version} was built but NOT published; {layout.read_current(output) or 'nothing'} stays live",
-            version=version, manifest=manifest)
-    if settings.publish:
-        layout.publish(output, version, keep_versions=settings.keep_versions)
-        say(f"published {version} -> {storage.join(output, layout.CURRENT)}")
-    return BuildResult(version=version, path=vdir, manifest=manifest, published=settings.publish)
+        if not sc["passed"]:
+            raise RecallBelowFloorError(
+                f"recall@{SELFCHECK_K} self-check {sc['recall_at_k']:.4f} is below the floor {settings.min_recall}: "
+                f"version {version} was built but NOT published; {layout.read_current(output) or 'nothing'} stays live",
+                version=version, manifest=manifest)
+        if settings.publish:
+            layout.publish(output, version, keep_versions=settings.keep_versions)
+            say(f"published {version} -> {storage.join(output, layout.CURRENT)}")
+        return BuildResult(version=version, path=vdir, manifest=manifest, published=settings.publish)
 
 
 def run_shard_pipeline(units: list[WorkUnit], trained_url: str, vdir: str, n_shards: int, dim: int,
                        queries: np.ndarray, metric: str, beam_args: Sequence[str] | None) -> None:
-    """The Beam part: shards and (with held-out queries) their exact ground truth, from the same work units."""
+    """The Beam part: shards and (with held-out queries) their exact ground truth, from the same work units,
+    ending in the one step that joins both and writes ``<vdir>/_done``."""
     staging = staging_dir(vdir)
+    rows = sum(u.rows for u in units)
     with beam.Pipeline(options=pipeline_options(list(beam_args or []))) as p:
         work = p | "Units" >> beam.Create(units) | "Spread" >> beam.Reshuffle()
-        _ = work | "BuildShards" >> BuildShards(trained_url, staging, vdir, n_shards, dim)
+        branches = {SHARD: work | "BuildShards" >> BuildShards(trained_url, staging, vdir, n_shards, dim)}
         if len(queries):
-            _ = work | "GroundTruth" >> ExactGroundTruth(queries, SELFCHECK_K, dim, metric, groundtruth_url(staging))
+            branches[GROUNDTRUTH] = work | "GroundTruth" >> ExactGroundTruth(queries, SELFCHECK_K, dim, metric,
+                                                                             groundtruth_url(staging))
+        _ = branches | "Done" >> Done(vdir, n_shards, rows)
 
 
 def _choose(settings: BuildSettings, source: EmbeddingSource,

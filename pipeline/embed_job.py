@@ -143,8 +143,10 @@ def prepare_models(job: EmbedJob, workers: int | None = None) -> Models:
     return Models(encoder, detector, model_fp, detector_fp)
 
 
-def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str, beam.PCollection]:
-    """Assemble the stages; returns the PCollections that were written (for tests and composition)."""
+def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models, *,
+                   partial_progress: bool) -> dict[str, beam.PCollection]:
+    """Assemble the stages; returns the PCollections that were written (for tests and composition).
+    ``partial_progress``: the run is not in-process, so each process's progress lines are its share only."""
     run_id = uuid.uuid4().hex
     done_label = "extracted" if job.regions_only else "embedded"
     failures: dict[str, beam.PCollection] = {}  # stage label -> its failure rows
@@ -152,7 +154,8 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models) -> dict[str,
     unread: list[beam.PCollection] = []  # carried without reading: their images are not read again
 
     def count(pcoll: beam.PCollection, label: str, kind: str) -> None:
-        pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind, done_label=done_label))
+        pcoll | f"Progress{label}" >> beam.ParDo(CountProgress(run_id, kind, done_label=done_label,
+                                                                  partial=partial_progress))
 
     def split_by_snapshot(items: beam.PCollection) -> beam.PCollection:
         if job.previous is None:
@@ -255,9 +258,10 @@ def run_embed_job(job: EmbedJob, workers: int | None = None) -> dict[str, Any]:
     models = prepare_models(job, workers)
     options = pipeline_options(job.beam_args, workers)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, job, models)
+    in_process = runs_in_process(job.beam_args, workers)
+    build_pipeline(p, job, models, partial_progress=not in_process)
     result = p.run()
-    if runs_in_process(job.beam_args, workers):
+    if in_process:
         result.wait_until_finish()  # the in-process bar (transforms.progress) shows the run
     else:
         follow(result, echo=lambda line: print(line, file=sys.stderr, flush=True))

@@ -4,12 +4,12 @@ An in-process run (FnApiRunner, one worker) shows the bar its own DoFns drive (`
 stage runs in the launcher's process. Anywhere else each worker's tally holds only that worker's share, so the
 launcher follows the run instead: ``follow`` polls the job's state and Beam's ``ldot`` counters while it runs
 (Dataflow reports them live; Beam's portable job service, and so Flink, only when the job ends) and prints the
-final line from the counters the runner reports at the end. Workers' own lines say they are partial.
+final line from the counters the runner reports at the end. Workers' own lines say they are partial
+(``transforms.progress.partial_prefix``).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,11 +23,6 @@ from transforms.progress import progress_line
 # Stage totals among the ``failed_*`` counters (the others, ``failed_read_not_found`` ..., break them down).
 FAILED_STAGES = ("failed_list", "failed_duplicate_id", "failed_read", "failed_decode", "failed_extract",
                  "failed_encode")
-
-
-def partial_prefix(pid: int | None = None) -> str:
-    """What a worker's own progress line starts with when other processes do part of the run."""
-    return f"worker {pid or os.getpid()}, partial: "
 
 
 def live_counters(result: Any) -> dict[str, int]:

@@ -1,8 +1,13 @@
 """The Beam stages of an index build (module-level DoFns, so Beam's pickler ships them by reference).
 
     work units -> EncodeUnit ──(shard, (unit, rows))──┐
-    (s, marker) for every shard ──────────────────────┴─ Flatten -> GroupByKey -> MergeShard     = BuildShards
-    work units -> ExactTopK -> CombineGlobally(TopK) -> WriteGroundTruth                         = ExactGroundTruth
+    (s, marker) for every shard ──────────────────────┴─ Flatten -> GroupByKey -> MergeShard ─┐ = BuildShards
+    work units -> ExactTopK -> CombineGlobally(TopK) -> WriteGroundTruth ────────────────────┤ = ExactGroundTruth
+                                           Flatten -> CombineGlobally(list) -> WriteDone <───┘ = Done
+
+``Done`` is the one step that depends on every branch: it runs once all shards are merged and the ground truth is
+written, checks that each is there, and writes the version's ``_done`` record (``index.shards``), which is all
+the driver reads back.
 
 Only small records (paths, counts, top-k tables) cross the shuffle: workers read the vectors from the inputs
 themselves, and encoded partials go through the staging folder of the version being built (``index.shards``).
@@ -18,10 +23,11 @@ import numpy as np
 
 from index import storage
 from index.selfcheck import exact_topk, keeps_max, merge_topk, save_topk
-from index.shards import encode_unit, merge_shard, write_info
+from index.shards import done_marker, encode_unit, merge_shard, write_done
 from index.source import WorkUnit
 
 TopK = tuple[np.ndarray, np.ndarray]  # (scores [Q, k], faiss ids [Q, k])
+SHARD, GROUNDTRUTH = "shard", "groundtruth"  # the branches ``Done`` joins
 
 
 class EncodeUnit(beam.DoFn):
@@ -39,7 +45,7 @@ class EncodeUnit(beam.DoFn):
 
 
 class MergeShard(beam.DoFn):
-    """(shard, its units) -> the shard file, its id map, and its manifest entry (in staging, for the driver)."""
+    """(shard, its units) -> the shard file and its id map written; its manifest entry (or id error) output."""
 
     def __init__(self, trained_url: str, staging: str, vdir: str, n_shards: int) -> None:
         self.trained_url, self.staging, self.vdir, self.n_shards = trained_url, staging, vdir, n_shards
@@ -50,9 +56,7 @@ class MergeShard(beam.DoFn):
 
     def process(self, item: tuple[int, Iterable[tuple[int, int]]]) -> Iterator[dict[str, Any]]:
         shard, units = item
-        info = merge_shard(shard, units, self.trained, self.staging, self.vdir, self.n_shards)
-        write_info(self.staging, info)
-        yield info
+        yield merge_shard(shard, units, self.trained, self.staging, self.vdir, self.n_shards)
 
 
 class BuildShards(beam.PTransform):
@@ -118,3 +122,32 @@ def _write_topk(acc: TopK | None, url: str) -> Iterator[str]:
     if acc is not None:
         save_topk(url, *acc)
         yield url
+
+
+class WriteDone(beam.DoFn):
+    """Every branch's outputs, as one list -> the checked ``_done`` record of the version (``index.shards``)."""
+
+    def __init__(self, vdir: str, n_shards: int, rows: int, groundtruth: bool) -> None:
+        self.vdir, self.n_shards, self.rows, self.groundtruth = vdir, n_shards, rows, groundtruth
+
+    def process(self, outputs: list[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+        marker = done_marker([v for k, v in outputs if k == SHARD], [v for k, v in outputs if k == GROUNDTRUTH],
+                             self.n_shards)
+        write_done(self.vdir, marker, self.n_shards, self.rows, self.groundtruth)
+        yield marker
+
+
+class Done(beam.PTransform):
+    """{"shard": shard entries, "groundtruth": written ground-truth urls} -> the version's ``_done`` record,
+    written once every element of every branch is there (a global combine waits for all of them)."""
+
+    def __init__(self, vdir: str, n_shards: int, rows: int) -> None:
+        super().__init__()
+        self.vdir, self.n_shards, self.rows = vdir, n_shards, rows
+
+    def expand(self, branches: dict[str, beam.PCollection]) -> beam.PCollection:
+        tagged = [pcoll | f"Tag{kind.title()}" >> beam.Map(lambda v, kind=kind: (kind, v))
+                  for kind, pcoll in branches.items()]
+        return (tagged | "Join" >> beam.Flatten() | "All" >> beam.combiners.ToList()
+                | "WriteDone" >> beam.ParDo(WriteDone(self.vdir, self.n_shards, self.rows,
+                                                      GROUNDTRUTH in branches)))

@@ -50,12 +50,10 @@ def recover(work: WorkDir, index_root: str, run_id: str, say: Callable[[str], No
     return {"died": died, "snapshots_removed": removed_snapshots, "versions_removed": removed_versions}
 
 
-def discard_partial(work: WorkDir, index_root: str, run_id: str, version: str | None) -> None:
-    """After an error: remove this run's unmarked snapshot and incomplete version (best effort: the error that
-    brought us here may be the storage itself, and the next run's recovery does the same)."""
+def discard_partial(work: WorkDir, run_id: str) -> None:
+    """After an error: remove this run's unmarked snapshot (best effort: the error that brought us here may be the
+    storage itself, and the next run's recovery does the same). A build that fails removes its own incomplete
+    version (``pipeline.build_index_job``)."""
     with contextlib.suppress(Exception):
         if work.read_marker(run_id) is None:
             storage.rm(work.snapshot(run_id))
-    with contextlib.suppress(Exception):
-        if version == run_id and not layout.is_complete(index_root, version):
-            layout.delete_version(index_root, version)

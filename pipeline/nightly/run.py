@@ -180,7 +180,7 @@ class Run:
                     code = e.exit_code if isinstance(e, LdotError) else EXIT_ERROR
                     log.debug("nightly run failed", exc_info=True)
                     self.report["error"] = {"type": type(e).__name__, "message": str(e)}
-                    discard_partial(self.work, cfg.index_root, self.id, self.report.get("version"))
+                    discard_partial(self.work, self.id)
                     self.say(f"FAILED at stage {self.report['stage']}: {type(e).__name__}: {e}")
                     return self.finish("error", code, f"{type(e).__name__} at stage {self.report['stage']}: {e}")
         finally:

@@ -4,6 +4,7 @@ its exclusion from publish (the root lock, and without one the never-newer-than-
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import pytest
 
 from index import layout, storage
 from index.discard import discard_incomplete_version
-from index.errors import NoLiveVersionError
+from index.errors import IndexIntegrityError, NoLiveVersionError
 from index.search import SearchIndex
 from index.settings import BuildSettings
+from index.shards import done_url
 from pipeline.build_index_job import build_index
 from tests.helpers_index import BEAM, numpy_topk, write_embeddings
 
@@ -264,3 +266,43 @@ def test_complete_or_live_versions_are_kept(tmp_path, built):
         storage.rm(layout.manifest_url(root, live))
         raise ValueError("never delete what is live")
     assert layout.list_versions(root) == sorted([complete, live])
+
+
+def test_the_build_ends_in_one_step_that_joins_every_branch(built):
+    """``_done`` is written by the last step, after every shard and the ground truth: it holds each shard's
+    manifest entry and the counts (here in-process, so by this process; through worker processes see
+    tests/pipeline/test_portable.py)."""
+    root, version = built
+    done = json.loads(storage.read_text(done_url(layout.version_dir(root, version))))
+    manifest = layout.read_manifest(root, version)
+    assert done["n_shards"] == 2 and [s["shard"] for s in done["shards"]] == [0, 1]
+    assert done["shards"] == manifest["shards"] and done["vectors"] == manifest["count"] == 200
+    assert len(done["groundtruth"]) == 1 and done["written_by"].endswith(f":{os.getpid()}")
+
+
+def drop_shard_one(url: str) -> None:
+    done = json.loads(storage.read_text(url))
+    done["shards"] = done["shards"][:1]
+    storage.write_text(url, json.dumps(done))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (storage.rm, r"the build pipeline ended but its last step left no .*_done: the shards were not all written "
+                 r"where this launcher reads them"),
+    (drop_shard_one, r"_done does not match this build: 1 shard entries for 2 shard\(s\) \(missing \[1\]"),
+], ids=["missing", "wrong"])
+def test_a_build_whose_done_is_missing_or_wrong_is_refused_and_removed(tmp_path, damage, message):
+    """What the driver finds after the pipeline (its workers wrote elsewhere, or the job ended early) is checked:
+    refused with a message that says what is wrong, and the incomplete version is removed."""
+    x = np.random.default_rng(3).standard_normal((120, 16)).astype(np.float32)
+    write_embeddings(tmp_path / "emb.parquet", x)
+    root, version = str(tmp_path / "root"), layout.new_version_name()
+
+    def after_the_pipeline(point: str) -> None:
+        if point == "pipeline":
+            damage(done_url(layout.version_dir(root, version)))
+
+    with pytest.raises(IndexIntegrityError, match=message):
+        build_index(str(tmp_path / "emb.parquet"), root, BuildSettings(shards=2, selfcheck_queries=10),
+                    beam_args=BEAM, version=version, on_point=after_the_pipeline)
+    assert layout.list_versions(root) == [] and layout.read_current(root) is None

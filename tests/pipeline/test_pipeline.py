@@ -4,6 +4,8 @@ pre-extracted regions, manifests and duplicates, guards, and portability (worker
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -203,11 +205,19 @@ def test_every_dofn_pickles_with_beams_pickler(demo_run):
 
 
 @pytest.mark.slow
-def test_two_worker_processes(tmp_path, demo_run):
-    """multi_processing: every DoFn and model spec crosses a process boundary, as on Dataflow workers."""
+def test_two_worker_processes(tmp_path, demo_run, capfd):
+    """multi_processing: every DoFn and model spec crosses a process boundary, as on Dataflow workers. Each worker's
+    progress lines are its share, labelled partial; only the launcher's display speaks for the whole run."""
     _, _, out = demo_run
+    capfd.readouterr()
     report = run_embed_job(EmbedJob(inputs=[str(DEMO_IMAGES)], output=str(tmp_path / "mp"), **TINY), workers=2)
     assert report["counts"]["embedded"] == 7 and report["workers"] == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if "[ldot]" in line]
+    workers = {int(m.group(1)) for line in lines if (m := re.search(r"\[ldot\] worker (\d+), partial: ", line))}
+    assert workers and os.getpid() not in workers, lines
+    assert all("%" not in line for line in lines if "partial: " in line), lines
+    assert [line for line in lines if "100%" in line] == [lines[-1]], lines  # the launcher's final line, alone
+    assert lines[-1].endswith("(final, from the runner's counters)"), lines
     a = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(out / "embeddings")}
     b = {r["image_id"]: np.asarray(r["embedding"]) for r in read_table(tmp_path / "mp" / "embeddings")}
     for key in a:

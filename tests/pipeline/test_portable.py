@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from index import layout
+from index.shards import done_url
 from jobs.cli import main as cli
 from pipeline.accounting import CountsMismatchError, RunCounts, failure_breakdown, parquet_rows
 from tests.helpers_pipeline import DEMO_IMAGES, read_table
@@ -134,6 +137,15 @@ def test_relative_paths_are_made_absolute_with_a_shared_filesystem_warning(corpu
     assert flags["checkpoint"] == str(corpus / "models" / "tiny.pt") and flags["encoder_config"] == "tiny"
 
 
+def test_worker_progress_lines_are_labelled_partial(portable, job_service):
+    """Each worker prints only its share, and says so: no worker line is an unlabelled bar, none claims 100%."""
+    lines = [line for line in job_service.log_path.read_text(errors="replace").splitlines() if "[ldot]" in line]
+    assert lines, "the workers printed no progress line"
+    for line in lines:
+        m = re.search(r"\[ldot\] worker (\d+), partial: (embedded|extracted) \d+, failed \d+  [\d.]+ images/s$", line)
+        assert m and int(m.group(1)) != os.getpid() and "%" not in line, line
+
+
 def index_contents(root: Path) -> dict:
     manifest = layout.live_manifest(str(root))
     return {"count": manifest["count"], "factory": manifest["factory"], "nprobe": manifest["nprobe"],
@@ -154,6 +166,15 @@ def test_build_index_equals_the_in_process_build(corpus, portable, job_service):
     assert built == index_contents(corpus / "index-in-process")
     assert built["count"] == len(PHOTOS) and sum(s[0] for s in built["shards"]) == len(PHOTOS)
     assert len(layout.list_versions(str(corpus / "index-portable"))) == 1
+    # the last step, which joins every branch, ran in a worker process and wrote _done where the launcher reads it
+    here, there = (done_record(corpus / name) for name in ("index-in-process", "index-portable"))
+    assert here["written_by"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert there["written_by"].startswith(f"{socket.gethostname()}:") and there["written_by"] != here["written_by"]
+    assert {k: there[k] for k in ("n_shards", "vectors")} == {"n_shards": 2, "vectors": len(PHOTOS)}
+
+
+def done_record(root: Path) -> dict:
+    return json.loads(Path(done_url(layout.version_dir(str(root), layout.read_current(str(root))))).read_text())
 
 
 def test_failed_build_removes_its_incomplete_version(corpus, portable, job_service):
