@@ -41,12 +41,17 @@ from index.candidates import Candidate, candidates_for
 from index.errors import FactoryError
 from index.factory import FLAT_MAX, ID_BYTES, MIN_POINTS_PER_LIST, PQ_MIN_TRAIN, FactoryChoice, fmt_bytes, nlist_for
 from index.operating_points import RECALL_TOLERANCE, OperatingPoint, pick, sweep
+from index.train import blas_distances, faiss_threads
 
 log = logging.getLogger(__name__)
 
 K = 10
 SAMPLE_MIN, SAMPLE_MAX = 50_000, 200_000  # rows: N/10 within these bounds
 CHOOSER_QUERIES = 500
+LATENCY_QUERIES = 100   # batch-1 searches per candidate point (the final index re-measures its curve on 200)
+COST_FRACTION = 0.3     # of the projected final build, that the candidates after the first may cost
+MIN_SECONDS = 30.0      # ... or this much, for small builds where the fraction is seconds
+OPQ_POINTS = 16_384     # the chooser's OPQ trains on fewer rows than the final build's (65,536)
 
 
 @dataclasses.dataclass
@@ -61,6 +66,8 @@ class Measured:
     train_s: float
     add_s: float
     seconds: float
+    ceiling: float | None = None    # recall@k with every list probed (measured before the sweep, for pruning)
+    pruned: bool = False            # ceiling below the best recall measured before it: not swept
 
     def row(self) -> dict[str, Any]:
         return {"family": self.candidate.family, "factory": self.factory, "bytes_per_vector": self.bytes_per_vector,
@@ -68,7 +75,8 @@ class Measured:
                 "nprobe": self.best.nprobe if self.best else None,
                 "recall": self.best.recall if self.best else None,
                 "p50_ms": self.best.p50_ms if self.best else None, "train_s": self.train_s, "add_s": self.add_s,
-                "seconds": self.seconds, "points": [p.to_dict() for p in self.points]}
+                "seconds": self.seconds, "ceiling": self.ceiling, "pruned": self.pruned,
+                "points": [p.to_dict() for p in self.points]}
 
 
 @dataclasses.dataclass
@@ -81,9 +89,10 @@ class Choice:
     sample_rows: int
     queries: int
     why: str
+    bound_s: float                  # the cost bound the candidates after the first were started within
 
     def to_dict(self) -> dict[str, Any]:
-        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds,
+        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds, "bound_s": self.bound_s,
                 "sample_rows": self.sample_rows, "queries": self.queries, "k": K,
                 "candidates": [m.row() for m in self.table], "skipped": self.skipped}
 
@@ -116,7 +125,8 @@ class SampleSpace:
         self.pca.train(sample[:max(train_n, min(len(sample), 1000 * d))])
         w = min(d, coarse_width)
         km = faiss.Kmeans(w, nlist, niter=10, seed=seed, max_points_per_centroid=train_n // nlist + 1)
-        km.train(np.ascontiguousarray(self.pca.apply(sample[:train_n])[:, :w]))
+        with blas_distances():
+            km.train(np.ascontiguousarray(self.pca.apply(sample[:train_n])[:, :w]))
         pcamat = faiss.vector_to_array(self.pca.PCAMat).reshape(d, d)   # rows: principal directions
         mean = faiss.vector_to_array(self.pca.mean)
         self.centroids_in = (mean + km.centroids @ pcamat[:w]).astype(np.float32)  # back in input space
@@ -146,15 +156,18 @@ def _train_on_space(c: Candidate, factory: str, space: SampleSpace, x_train: np.
     inner = faiss.index_factory(c.width, factory.split(",", 1)[1] if c.transform else factory, metric_of(metric))
     ivf = faiss.extract_index_ivf(inner)
     ivf.quantizer.add(vt.apply(space.centroids_in) if vt else space.centroids_in)
-    inner.train(np.ascontiguousarray(vt.apply(x_train) if vt else x_train))
+    with blas_distances():
+        inner.train(np.ascontiguousarray(vt.apply(x_train) if vt else x_train))
     return faiss.IndexPreTransform(vt, inner) if vt else inner
 
 
 def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
             nlist_full: int, train_per_list: int, max_query_ms: float, metric: str, seed: int,
-            space: SampleSpace | None = None) -> Measured:
+            space: SampleSpace | None = None, prune_below: float | None = None) -> Measured:
     """Train ``c`` on (a prefix of the shuffled) ``base`` — on the shared ``space`` unless its transform is learned
-    (OPQ) —, add all of it, serialize it, sweep nprobe."""
+    (OPQ) —, add all of it, serialize it, sweep nprobe. With ``prune_below``: first the recall of a full scan
+    (nprobe = nlist, one batched search: no latency to measure); below that recall the candidate cannot win and is
+    not swept (``Measured.pruned``)."""
     import faiss
 
     from index.train import train_empty_index
@@ -167,7 +180,7 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
     if space is not None and not c.transform.startswith("OPQ"):
         index = _train_on_space(c, factory, space, base[:train_n], metric)
     else:
-        index = train_empty_index(factory, d, base[:train_n], metric, seed)
+        index = train_empty_index(factory, d, base[:train_n], metric, seed, opq_points=OPQ_POINTS)
     train_s = time.time() - t0
     t1 = time.time()
     index.add_with_ids(base, np.arange(n, dtype=np.int64))
@@ -176,12 +189,30 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
     model_bytes = c.index_bytes(n, d, nlist)
     # the byte model, calibrated by what this sample index really serializes to (fast-scan padding of uneven lists)
     per_vector = c.index_bytes(n_full, d, nlist_full) * max(1.0, sample_bytes / model_bytes) / n_full
+    ceiling = None
+    if prune_below is not None:
+        ceiling = recall_ceiling(index, queries, truth)
+        if ceiling < prune_below:
+            return Measured(c, factory, per_vector, sample_bytes, model_bytes, [], None, train_s, add_s,
+                            time.time() - t0, ceiling=ceiling, pruned=True)
     scale = max(1.0, (n_full / nlist_full) / (n / nlist), nlist_full / nlist)
-    points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale)
+    points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale,
+                   latency_queries=LATENCY_QUERIES)
     within = [p for p in points if p.p50_ms <= max_query_ms]
     best = pick(within, max_latency_ms=max_query_ms) if within else None
     return Measured(c, factory, per_vector, sample_bytes, model_bytes, points, best, train_s, add_s,
-                    time.time() - t0)
+                    time.time() - t0, ceiling=ceiling)
+
+
+def recall_ceiling(index, queries: np.ndarray, truth: np.ndarray) -> float:
+    """recall@K of ``index`` searched with every list probed: no nprobe of it recalls more."""
+    from index.operating_points import nlist_of, set_nprobe
+    from index.selfcheck import recall_at_k
+
+    nlist = nlist_of(index)
+    if nlist:
+        set_nprobe(index, nlist)
+    return recall_at_k(index.search(np.ascontiguousarray(queries), K)[1], truth, K)
 
 
 def candidate_train_size(c: Candidate, n: int, nlist: int, train_per_list: int) -> int:
@@ -192,13 +223,25 @@ def candidate_train_size(c: Candidate, n: int, nlist: int, train_per_list: int) 
 
 def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: int | None,
            max_query_ms: float, train_per_list: int = 64, metric: str = "ip", seed: int = 0,
-           cost_fraction: float = 0.5, min_seconds: float = 30.0,
+           cost_fraction: float = COST_FRACTION, min_seconds: float = MIN_SECONDS, opq: bool = True,
            echo: Callable[[str], None] | None = None) -> Choice:
     """Measure the candidates for ``n_full`` vectors on ``sample`` (rows in random order) with held-out
-    ``queries``; return the winner as a ``FactoryChoice`` for the full build, with the table and the reasons."""
+    ``queries``; return the winner as a ``FactoryChoice`` for the full build, with the table and the reasons.
+
+    One FAISS thread throughout. Measured reason: a candidate's work is many small parallel regions (one k-means
+    per sub-quantizer, searches of a few lists), where OpenMP threads wait on each other; on this 2-core machine,
+    shared, ``PCAR152,IVF256,PQ76x4fs`` on 19.5k rows took 37.6 s with 2 threads and 1.5 s with one."""
+    with faiss_threads(1):
+        return _choose(sample, queries, n_full=n_full, max_memory=max_memory, max_query_ms=max_query_ms,
+                       train_per_list=train_per_list, metric=metric, seed=seed, cost_fraction=cost_fraction,
+                       min_seconds=min_seconds, opq=opq, say=echo or (lambda m: log.info("%s", m)))
+
+
+def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: int | None, max_query_ms: float,
+            train_per_list: int, metric: str, seed: int, cost_fraction: float, min_seconds: float, opq: bool,
+            say: Callable[[str], None]) -> Choice:
     import faiss
 
-    say = echo or (lambda m: log.info("%s", m))
     t_start = time.time()
     d = sample.shape[1]
     nlist_full = nlist_for(n_full)
@@ -208,41 +251,52 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
                            f"{d}: no candidate fits. Raise --max-memory or shard across machines.")
     fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     truth = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(sample), K, metric=fmetric)[1]
-    budget_s = min_seconds
+    budget_s = float("inf")  # set once a candidate has a point within the latency target
     nlist = nlist_for(len(sample))
     t0 = time.time()
     space = SampleSpace(sample, nlist, min(len(sample), nlist * train_per_list), min(c.width for c in cands), seed)
     space_s = time.time() - t0
     table: list[Measured] = []
     skipped: list[str] = []
+    train_rows = min(len(sample), nlist * train_per_list)
 
-    def run(c: Candidate, bounded: bool) -> None:
+    def projected_build(m: Measured) -> float:
+        """The final build's FAISS work if ``m`` wins: its training scaled to the final training size, shared PCA
+        and k-means included, plus its add time scaled to N."""
+        train_full = candidate_train_size(m.candidate, n_full, nlist_full, train_per_list)
+        shared = 0.0 if m.candidate.transform.startswith("OPQ") else space_s
+        return (shared + m.train_s) * train_full / max(1, train_rows) + m.add_s * n_full / len(sample)
+
+    def run(c: Candidate) -> None:
         nonlocal budget_s
         spent = time.time() - t_start
-        if bounded and spent > budget_s:
+        if table and spent > budget_s:
             skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f}s > {budget_s:.0f}s)")
             return
+        ranked = [m for m in table if m.best]
+        leader = max(ranked, key=lambda m: m.best.recall) if ranked else None
         m = measure(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
-                    train_per_list=train_per_list, max_query_ms=max_query_ms, metric=metric, seed=seed, space=space)
+                    train_per_list=train_per_list, max_query_ms=max_query_ms, metric=metric, seed=seed, space=space,
+                    prune_below=leader.best.recall - RECALL_TOLERANCE if leader else None)
         if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
             skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the byte "
                            f"model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over the budget")
             return
         table.append(m)
-        if len(table) == 1:  # project the final build from the cheapest family
-            train_full = min(n_full, nlist_full * train_per_list)
-            projected = (space_s + m.train_s) * train_full / max(1, min(len(sample), nlist * train_per_list))
-            projected += m.add_s * n_full / len(sample)
-            budget_s = max(min_seconds, cost_fraction * projected)
+        ranked = [m for m in table if m.best]
+        if ranked:  # the bound follows the build the leader would cost
+            leader = max(ranked, key=lambda m: m.best.recall)
+            budget_s = max(min_seconds, cost_fraction * projected_build(leader))
         say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
+            f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned else
             f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
             else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
 
     for c in cands:
-        run(c, bounded=False)
-    pq_rows = [m for m in table if m.candidate.family.startswith("pq") and m.best]
-    if pq_rows:
-        run(max(pq_rows, key=lambda m: m.best.recall).candidate.with_opq(), bounded=True)
+        run(c)
+    pq_rows = [m for m in table if m.candidate.family.startswith("pq") and (m.best or m.pruned)]
+    if pq_rows and opq:
+        run(max(pq_rows, key=lambda m: m.ceiling if m.pruned else m.best.recall).candidate.with_opq())
 
     ok = [m for m in table if m.best is not None]
     if not ok:
@@ -270,8 +324,11 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
         f"sample of {len(sample):,} rows with {len(queries)} held-out queries and exact top-{K} in {seconds:.0f}s",
         *[f"  {m.factory:<30} {m.bytes_per_vector:7.1f} B/vector  " + (
             f"recall@{K} {m.best.recall:.4f} nprobe {m.best.nprobe} p50 {m.best.p50_ms:.3f} ms" if m.best
+            else f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned
             else "too slow") for m in table],
         *[f"  skipped {s}" for s in skipped],
+        f"cost bound: {budget_s:.0f}s = max({min_seconds:.0f}s, {cost_fraction} x the winner's projected build "
+        f"{projected_build(winner):.0f}s); candidates after the first start only within it",
         f"chose {why}",
         f"nlist = {nlist_full} (power of two nearest 4*sqrt(N)); train on {train_size:,} vectors",
     ]
@@ -281,7 +338,7 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
         opq=c.transform.startswith("OPQ"), quantizer="hnsw32" if "_HNSW" in final_factory else "flat",
         est_bytes=c.index_bytes(n_full, d, nlist_full), bytes_per_vector=c.code_bytes + ID_BYTES,
         train_size=train_size, reasoning=reasoning)
-    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why)
+    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why, budget_s)
 
 
 def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, train_per_list: int = 64,
