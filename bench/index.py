@@ -304,9 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-autofaiss", action="store_true")
     ap.add_argument("--skip-hand", action="store_true")
     ap.add_argument("--autofaiss-timeout", type=float, default=3600, help="seconds before autofaiss is killed")
-    ap.add_argument("--autofaiss-result", default=None,
-                    help="reuse autofaiss's row (JSON) from an earlier run on the same data and budget instead of "
-                         "building it again (its builds take the longest); the table marks it as reused")
+    ap.add_argument("--reuse", action="append", default=[], metavar="ROW.json",
+                    help="a builder's row (JSON, as printed) from an earlier run on the same data and budget, "
+                         "used instead of building it again (autofaiss takes the longest); its builder is "
+                         "skipped and the table marks it with *. Repeatable")
     ap.add_argument("--child", choices=["ours", "ours-at", "hand", "hand-final"], help=argparse.SUPPRESS)
     ap.add_argument("--factories", help=argparse.SUPPRESS)
     ap.add_argument("--nprobe", type=int, default=None, help=argparse.SUPPRESS)
@@ -356,10 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work / "ours", ignore_errors=True)
         rows.append(child(args, "ours"))
         print("ours:", json.dumps(rows[-1]), flush=True)
-        if args.autofaiss_result:
-            rows.append({**json.loads(Path(args.autofaiss_result).read_text()), "builder": "autofaiss*"})
-            print(f"autofaiss* (reused from {args.autofaiss_result}):", json.dumps(rows[-1]), flush=True)
-        elif not args.skip_autofaiss:
+        reused = [json.loads(Path(f).read_text()) for f in args.reuse]
+        for r, f in zip(reused, args.reuse, strict=True):
+            rows.append({**r, "builder": r["builder"].rstrip("*") + "*"})
+            print(f"{rows[-1]['builder']} (reused from {f}):", json.dumps(rows[-1]), flush=True)
+        if not args.skip_autofaiss and not any(r["builder"] == "autofaiss" for r in reused):
             rows.append(run_autofaiss(args, data, work, budget))
             print("autofaiss:", json.dumps(rows[-1]), flush=True)
         af = next((r for r in rows if r["builder"].startswith("autofaiss") and r.get("p50_ms_1t")), None)
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({**rows[0], **at, "builder": "ours @af p50"})
             print("ours at autofaiss's p50:", json.dumps(rows[-1]), flush=True)
         sweep_rows: list[dict] = []
-        if not args.skip_hand:
+        if not args.skip_hand and not any(r["builder"] == "hand-picked" for r in reused):
             sweep_rows = child(args, "hand", "--factories", ";".join(hand_configs(args.n, d)))
             fit = [r for r in sweep_rows if not r.get("over_budget")]
             if fit:
@@ -417,8 +419,8 @@ def report(rows: list[dict], sweep_rows: list[dict], args: argparse.Namespace, w
         print(f"{r['builder']:<13} {r['factory']!s:<36} {r.get('nprobe')!s:<20}"
               + "".join(f"{f.format(r[k]) if k in r else '-':>10}" for k, _, f in COLS))
     ours = rows[0]
-    if any(r["builder"] == "autofaiss*" for r in rows):
-        print("autofaiss*: figures reused from an earlier run of the same configuration (--autofaiss-result)")
+    if any(r["builder"].endswith("*") for r in rows):
+        print("*: figures reused from an earlier run of the same builder on the same data and budget (--reuse)")
     for mine in (r for r in rows if r["builder"].startswith("ours")):
         for other in rows:
             if other.get("timed_out") or other["builder"].startswith("ours"):

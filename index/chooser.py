@@ -50,7 +50,7 @@ SAMPLE_MIN, SAMPLE_MAX = 50_000, 200_000  # rows: N/10 within these bounds
 CHOOSER_QUERIES = 500
 LATENCY_QUERIES = 100   # batch-1 searches per candidate point (the final index re-measures its curve on 200)
 COST_FRACTION = 0.3     # of the projected final build, that the candidates after the first may cost
-MIN_SECONDS = 30.0      # ... or this much, for small builds where the fraction is seconds
+MIN_SECONDS = 30.0      # ... or this many CPU seconds, for small builds where the fraction is seconds
 OPQ_POINTS = 16_384     # the chooser's OPQ trains on fewer rows than the final build's (65,536)
 
 
@@ -63,9 +63,9 @@ class Measured:
     sample_bytes_predicted: int     # the byte model at sample size (checks the prediction above)
     points: list[OperatingPoint]
     best: OperatingPoint | None     # best point within the latency target
-    train_s: float
-    add_s: float
-    seconds: float
+    train_s: float                  # CPU seconds (one thread: the work, whatever the neighbours do)
+    add_s: float                    # CPU seconds
+    seconds: float                  # wall
     ceiling: float | None = None    # recall@k with every list probed (measured before the sweep, for pruning)
     pruned: bool = False            # ceiling below the best recall measured before it: not swept
 
@@ -89,10 +89,12 @@ class Choice:
     sample_rows: int
     queries: int
     why: str
-    bound_s: float                  # the cost bound the candidates after the first were started within
+    bound_s: float                  # CPU seconds the candidates after the first were started within
+    cpu_s: float                    # CPU seconds of the whole choice (one FAISS thread)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds, "bound_s": self.bound_s,
+        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds, "cpu_s": self.cpu_s,
+                "bound_s": self.bound_s,
                 "sample_rows": self.sample_rows, "queries": self.queries, "k": K,
                 "candidates": [m.row() for m in self.table], "skipped": self.skipped}
 
@@ -172,7 +174,7 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
 
     from index.train import train_empty_index
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     n = len(base)
     nlist = nlist_for(n)
     train_n = candidate_train_size(c, n, nlist, train_per_list)
@@ -181,10 +183,10 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
         index = _train_on_space(c, factory, space, base[:train_n], metric)
     else:
         index = train_empty_index(factory, d, base[:train_n], metric, seed, opq_points=OPQ_POINTS)
-    train_s = time.time() - t0
-    t1 = time.time()
+    train_s = time.process_time() - c0
+    c1 = time.process_time()
     index.add_with_ids(base, np.arange(n, dtype=np.int64))
-    add_s = time.time() - t1
+    add_s = time.process_time() - c1
     sample_bytes = len(faiss.serialize_index(index))
     model_bytes = c.index_bytes(n, d, nlist)
     # the byte model, calibrated by what this sample index really serializes to (fast-scan padding of uneven lists)
@@ -242,7 +244,7 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
             say: Callable[[str], None]) -> Choice:
     import faiss
 
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     d = sample.shape[1]
     nlist_full = nlist_for(n_full)
     cands = candidates_for(n_full, d, max_memory, nlist_full)
@@ -253,9 +255,9 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
     truth = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(sample), K, metric=fmetric)[1]
     budget_s = float("inf")  # set once a candidate has a point within the latency target
     nlist = nlist_for(len(sample))
-    t0 = time.time()
+    c0 = time.process_time()
     space = SampleSpace(sample, nlist, min(len(sample), nlist * train_per_list), min(c.width for c in cands), seed)
-    space_s = time.time() - t0
+    space_s = time.process_time() - c0
     table: list[Measured] = []
     skipped: list[str] = []
     train_rows = min(len(sample), nlist * train_per_list)
@@ -269,9 +271,9 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
 
     def run(c: Candidate) -> None:
         nonlocal budget_s
-        spent = time.time() - t_start
+        spent = time.process_time() - cpu_start
         if table and spent > budget_s:
-            skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f}s > {budget_s:.0f}s)")
+            skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f} CPU s > {budget_s:.0f})")
             return
         ranked = [m for m in table if m.best]
         leader = max(ranked, key=lambda m: m.best.recall) if ranked else None
@@ -314,7 +316,7 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
     if rivals:
         r = rivals[0]
         why += f"; next {r.factory} {r.best.recall:.4f} ({r.best.recall - winner.best.recall:+.4f})"
-    seconds = time.time() - t_start
+    seconds, cpu_s = time.time() - t_start, time.process_time() - cpu_start
     c = winner.candidate
     final_factory = c.factory(nlist_full)
     train_size = candidate_train_size(c, n_full, nlist_full, train_per_list)
@@ -327,8 +329,9 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
             else f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned
             else "too slow") for m in table],
         *[f"  skipped {s}" for s in skipped],
-        f"cost bound: {budget_s:.0f}s = max({min_seconds:.0f}s, {cost_fraction} x the winner's projected build "
-        f"{projected_build(winner):.0f}s); candidates after the first start only within it",
+        f"cost: {cpu_s:.0f} CPU s ({seconds:.0f}s wall); bound {budget_s:.0f} CPU s = max({min_seconds:.0f}, "
+        f"{cost_fraction} x the winner's projected build {projected_build(winner):.0f}): candidates after the first "
+        "start only within it",
         f"chose {why}",
         f"nlist = {nlist_full} (power of two nearest 4*sqrt(N)); train on {train_size:,} vectors",
     ]
@@ -338,7 +341,7 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
         opq=c.transform.startswith("OPQ"), quantizer="hnsw32" if "_HNSW" in final_factory else "flat",
         est_bytes=c.index_bytes(n_full, d, nlist_full), bytes_per_vector=c.code_bytes + ID_BYTES,
         train_size=train_size, reasoning=reasoning)
-    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why, budget_s)
+    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why, budget_s, cpu_s)
 
 
 def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, train_per_list: int = 64,
