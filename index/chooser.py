@@ -5,9 +5,10 @@
     round 1     every family of ``index.candidates`` that fits the budget, cheapest to train first
     round 2     the best PQ family again with a learned OPQ rotation (8 alternations on <= 16k rows)
     per family  train its codes on the sample (one shared PCA and coarse k-means, nlist by the same 4·√N rule as
-                the final index), add the sample; prune it if its recall with every list probed is below the
-                leader's (it cannot win); else sweep nprobe (``index.operating_points.sweep``): recall@k and
-                batch-1 single-thread latency on 100 queries, extrapolated to N
+                the final index), add the sample, measure its ceiling: recall@k with every list probed
+    sweeps      highest ceiling first: a family whose ceiling is below the leader's recall cannot win and is
+                pruned; the others sweep nprobe (``index.operating_points.sweep``): recall@k and batch-1
+                single-thread latency on 100 queries, extrapolated to N
     winner      the best recall@k whose extrapolated p50 is within ``max_query_ms`` and whose bytes fit;
                 ties (within 0.005 recall) go to the smaller one
 
@@ -56,6 +57,8 @@ LATENCY_QUERIES = 100   # batch-1 searches per candidate point (the final index 
 COST_FRACTION = 0.3     # of the projected final build, that the candidates after the first may cost
 MIN_SECONDS = 30.0      # ... or this many CPU seconds, for small builds where the fraction is seconds
 OPQ_POINTS = 16_384     # the chooser's OPQ trains on fewer rows than the final build's (65,536)
+OPQ_REACH = 0.1         # OPQ is tried when the best PQ family's ceiling is within this of the leader's recall: the
+                        # most it added over PCAR in our measurements is 0.05 (MiniLM 20k, PQ46 over 184 dims)
 
 
 @dataclasses.dataclass
@@ -70,8 +73,8 @@ class Measured:
     train_s: float                  # CPU seconds (one thread: the work, whatever the neighbours do)
     add_s: float                    # CPU seconds
     seconds: float                  # wall
-    ceiling: float | None = None    # recall@k with every list probed (measured before the sweep, for pruning)
-    pruned: bool = False            # ceiling below the best recall measured before it: not swept
+    ceiling: float | None = None    # recall@k with every list probed (measured once built, for the sweep order)
+    pruned: bool = False            # ceiling below the leader's recall when its turn came: not swept
 
     def row(self) -> dict[str, Any]:
         return {"family": self.candidate.family, "factory": self.factory, "bytes_per_vector": self.bytes_per_vector,
@@ -167,13 +170,12 @@ def _train_on_space(c: Candidate, factory: str, space: SampleSpace, x_train: np.
     return faiss.IndexPreTransform(vt, inner) if vt else inner
 
 
-def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
-            nlist_full: int, train_per_list: int, max_query_ms: float, metric: str, seed: int,
-            space: SampleSpace | None = None, prune_below: float | None = None) -> Measured:
+def build(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
+          nlist_full: int, train_per_list: int, metric: str, seed: int,
+          space: SampleSpace | None = None) -> tuple[Any, Measured]:
     """Train ``c`` on (a prefix of the shuffled) ``base`` — on the shared ``space`` unless its transform is learned
-    (OPQ) —, add all of it, serialize it, sweep nprobe. With ``prune_below``: first the recall of a full scan
-    (nprobe = nlist, one batched search: no latency to measure); below that recall the candidate cannot win and is
-    not swept (``Measured.pruned``)."""
+    (OPQ) —, add all of it, serialize it, and measure its recall with every list probed (one batched search: the
+    ceiling no nprobe exceeds). Returns the index and its ``Measured`` without operating points (``sweep_into``)."""
     import faiss
 
     from index.train import train_empty_index
@@ -195,19 +197,22 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
     model_bytes = c.index_bytes(n, d, nlist)
     # the byte model, calibrated by what this sample index really serializes to (fast-scan padding of uneven lists)
     per_vector = c.index_bytes(n_full, d, nlist_full) * max(1.0, sample_bytes / model_bytes) / n_full
-    ceiling = None
-    if prune_below is not None:
-        ceiling = recall_ceiling(index, queries, truth)
-        if ceiling < prune_below:
-            return Measured(c, factory, per_vector, sample_bytes, model_bytes, [], None, train_s, add_s,
-                            time.time() - t0, ceiling=ceiling, pruned=True)
+    ceiling = recall_ceiling(index, queries, truth)
+    return index, Measured(c, factory, per_vector, sample_bytes, model_bytes, [], None, train_s, add_s,
+                           time.time() - t0, ceiling=ceiling)
+
+
+def sweep_into(m: Measured, index, queries: np.ndarray, truth: np.ndarray, *, n: int, n_full: int,
+               nlist_full: int, max_query_ms: float) -> None:
+    """``m``'s operating points (nprobe sweep, latency extrapolated to N) and its best point within the target."""
+    t0 = time.time()
+    nlist = nlist_for(n)
     scale = max(1.0, (n_full / nlist_full) / (n / nlist), nlist_full / nlist)
-    points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale,
-                   latency_queries=LATENCY_QUERIES)
-    within = [p for p in points if p.p50_ms <= max_query_ms]
-    best = pick(within, max_latency_ms=max_query_ms) if within else None
-    return Measured(c, factory, per_vector, sample_bytes, model_bytes, points, best, train_s, add_s,
-                    time.time() - t0, ceiling=ceiling)
+    m.points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale,
+                     latency_queries=LATENCY_QUERIES)
+    within = [p for p in m.points if p.p50_ms <= max_query_ms]
+    m.best = pick(within, max_latency_ms=max_query_ms) if within else None
+    m.seconds += time.time() - t0
 
 
 def recall_ceiling(index, queries: np.ndarray, truth: np.ndarray) -> float:
@@ -273,36 +278,58 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
         shared = 0.0 if m.candidate.transform.startswith("OPQ") else space_s
         return (shared + m.train_s) * train_full / max(1, train_rows) + m.add_s * n_full / len(sample)
 
-    def run(c: Candidate) -> None:
-        nonlocal budget_s
-        spent = time.process_time() - cpu_start
-        if table and spent > budget_s:
-            skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f} CPU s > {budget_s:.0f})")
-            return
+    def leader() -> Measured | None:
         ranked = [m for m in table if m.best]
-        leader = max(ranked, key=lambda m: m.best.recall) if ranked else None
-        m = measure(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
-                    train_per_list=train_per_list, max_query_ms=max_query_ms, metric=metric, seed=seed, space=space,
-                    prune_below=leader.best.recall - RECALL_TOLERANCE if leader else None)
-        if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
-            skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the byte "
-                           f"model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over the budget")
-            return
-        table.append(m)
-        ranked = [m for m in table if m.best]
-        if ranked:  # the bound follows the build the leader would cost
-            leader = max(ranked, key=lambda m: m.best.recall)
-            budget_s = max(min_seconds, cost_fraction * projected_build(leader))
-        say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
-            f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned else
-            f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
-            else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
+        return max(ranked, key=lambda m: m.best.recall) if ranked else None
 
-    for c in cands:
-        run(c)
-    pq_rows = [m for m in table if m.candidate.family.startswith("pq") and (m.best or m.pruned)]
-    if pq_rows and opq:
-        run(max(pq_rows, key=lambda m: m.ceiling if m.pruned else m.best.recall).candidate.with_opq())
+    def build_all(cs: list[Candidate]) -> list[tuple[Any, Measured]]:
+        nonlocal budget_s
+        built: list[tuple[Any, Measured]] = []
+        for c in cs:
+            spent = time.process_time() - cpu_start
+            if (table or built) and spent > budget_s:
+                skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f} CPU s > {budget_s:.0f})")
+                continue
+            index, m = build(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
+                             train_per_list=train_per_list, metric=metric, seed=seed, space=space)
+            if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
+                skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the "
+                               f"byte model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over budget")
+                continue
+            if not built and not table:  # until a leader is known, the bound follows the first family's build
+                budget_s = max(min_seconds, cost_fraction * projected_build(m))
+            built.append((index, m))
+        return built
+
+    def sweep_all(built: list[tuple[Any, Measured]]) -> None:
+        """Highest ceiling first, so a leader is found early and candidates that cannot reach it are pruned."""
+        nonlocal budget_s
+        for index, m in sorted(built, key=lambda b: -b[1].ceiling):
+            top = leader()
+            if top and m.ceiling < top.best.recall - RECALL_TOLERANCE:
+                m.pruned = True
+            else:
+                sweep_into(m, index, queries, truth, n=len(sample), n_full=n_full, nlist_full=nlist_full,
+                           max_query_ms=max_query_ms)
+            table.append(m)
+            top = leader()
+            if top:  # the bound follows the build the leader would cost
+                budget_s = max(min_seconds, cost_fraction * projected_build(top))
+            say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
+                f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned else
+                f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
+                else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
+
+    sweep_all(build_all(cands))
+    pq_rows = [m for m in table if m.candidate.family.startswith("pq")]
+    best_pq = max(pq_rows, key=lambda m: m.ceiling) if pq_rows else None
+    top = leader()
+    if best_pq and opq and top and best_pq.ceiling < top.best.recall - OPQ_REACH:
+        skipped.append(f"{best_pq.candidate.with_opq().factory(nlist_full)}: {best_pq.factory} reaches "
+                       f"{best_pq.ceiling:.4f} with every list probed, more than {OPQ_REACH} below the leader's "
+                       f"{top.best.recall:.4f}: a learned rotation does not close that gap")
+    elif best_pq and opq:
+        sweep_all(build_all([best_pq.candidate.with_opq()]))
 
     ok = [m for m in table if m.best is not None]
     if not ok:
