@@ -156,7 +156,10 @@ class EmbeddingSource:
         return [{"path": f.url, "rows": f.rows, "bytes": f.size, "modified": f.modified} for f in self.files]
 
 
-def iter_unit_batches(unit: WorkUnit, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+def iter_unit_batches(unit: WorkUnit, columns: Sequence[str], batch_size: int = 8_192) -> Iterator[pa.RecordBatch]:
+    """A unit's rows in batches. 8,192 rows: a batch is held about three times over while it is encoded (Arrow,
+    float32, a shard's selection); with 65,536 rows of 768-d the shard stage of a 50k build peaked 440 MB above
+    the trained index, with 8,192 144 MB (measured, build_index in-process)."""
     pf = _open(unit.url)
     yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns))
 
