@@ -134,16 +134,28 @@ def run_ours(data: Path, work: Path, max_memory: str, max_query_ms: float, targe
                          echo=lambda m: print(m, file=sys.stderr, flush=True))
     build_s = time.time() - t0
     peak, cpu_s = peak_rss_mb(), cpu_seconds()
-    idx = SearchIndex.open(root)
-    queries, truth = np.load(data / "queries.npy"), np.load(data / "truth.npy")
-    found = np.array([[int(s[4:]) if s else -1 for s in row] for row in idx.search(queries, K).image_ids], np.int64)
     m = result.manifest
     ch = m.get("chooser") or {}
-    return {"builder": "ours (auto)", "factory": m["factory"], "nprobe": m["nprobe"], "build_s": build_s,
-            "cpu_s": cpu_s, "peak_mb": peak, "bytes_per_vector": m["bytes_per_vector"],
-            "recall@10": recall(found, truth),
-            **latencies(idx.index, queries), "chooser_s": ch.get("seconds"),
+    return {"builder": "ours (auto)", **search_ours(data, root, SearchIndex.open(root)), "build_s": build_s,
+            "cpu_s": cpu_s, "peak_mb": peak, "bytes_per_vector": m["bytes_per_vector"], "chooser_s": ch.get("seconds"),
             "chooser_fraction": ch.get("fraction_of_build"), "reasoning": m["factory_choice"]["reasoning"]}
+
+
+def search_ours(data: Path, root: str, idx) -> dict:
+    """recall@10 through ``SearchIndex`` (image ids back to row numbers) and batch-1 latency of its FAISS index."""
+    queries, truth = np.load(data / "queries.npy"), np.load(data / "truth.npy")
+    found = np.array([[int(s[4:]) if s else -1 for s in row] for row in idx.search(queries, K).image_ids], np.int64)
+    return {"factory": idx.manifest["factory"], "nprobe": idx.nprobe, "recall@10": recall(found, truth),
+            **latencies(idx.index, queries)}
+
+
+def run_ours_at(data: Path, work: Path, max_latency_ms: float) -> dict:
+    """The index ours built, served at the point of its recorded curve a server would pick for a latency target
+    (``SearchIndex.open(max_latency_ms=...)``): no rebuild, so build figures are those of the build."""
+    from index.search import SearchIndex
+
+    root = str(work / "ours")
+    return search_ours(data, root, SearchIndex.open(root, max_latency_ms=max_latency_ms))
 
 
 def hand_configs(n: int, d: int) -> list[str]:
@@ -292,9 +304,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-autofaiss", action="store_true")
     ap.add_argument("--skip-hand", action="store_true")
     ap.add_argument("--autofaiss-timeout", type=float, default=3600, help="seconds before autofaiss is killed")
-    ap.add_argument("--child", choices=["ours", "hand", "hand-final"], help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", action="append", default=[], metavar="ROW.json",
+                    help="a builder's row (JSON, as printed) from an earlier run on the same data and budget, "
+                         "used instead of building it again (autofaiss takes the longest); its builder is "
+                         "skipped and the table marks it with *. Repeatable")
+    ap.add_argument("--child", choices=["ours", "ours-at", "hand", "hand-final"], help=argparse.SUPPRESS)
     ap.add_argument("--factories", help=argparse.SUPPRESS)
     ap.add_argument("--nprobe", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-ms", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
@@ -302,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         data = work / "data"
         if args.child == "ours":
             print(json.dumps(run_ours(data, work, args.max_memory, args.max_query_ms, args.target_recall)))
+        elif args.child == "ours-at":
+            print(json.dumps(run_ours_at(data, work, args.serve_ms)))
         elif args.child == "hand":
             from index.factory import parse_memory
 
@@ -338,11 +357,21 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work / "ours", ignore_errors=True)
         rows.append(child(args, "ours"))
         print("ours:", json.dumps(rows[-1]), flush=True)
-        if not args.skip_autofaiss:
+        reused = [json.loads(Path(f).read_text()) for f in args.reuse]
+        for r, f in zip(reused, args.reuse, strict=True):
+            rows.append({**r, "builder": r["builder"].rstrip("*") + "*"})
+            print(f"{rows[-1]['builder']} (reused from {f}):", json.dumps(rows[-1]), flush=True)
+        if not args.skip_autofaiss and not any(r["builder"] == "autofaiss" for r in reused):
             rows.append(run_autofaiss(args, data, work, budget))
             print("autofaiss:", json.dumps(rows[-1]), flush=True)
+        af = next((r for r in rows if r["builder"].startswith("autofaiss") and r.get("p50_ms_1t")), None)
+        if af and rows[0]["p50_ms_1t"] > af["p50_ms_1t"]:
+            # the same index at the point of its curve within autofaiss's latency (what a server would pick)
+            at = child(args, "ours-at", "--serve-ms", str(af["p50_ms_1t"]))
+            rows.append({**rows[0], **at, "builder": "ours @af p50"})
+            print("ours at autofaiss's p50:", json.dumps(rows[-1]), flush=True)
         sweep_rows: list[dict] = []
-        if not args.skip_hand:
+        if not args.skip_hand and not any(r["builder"] == "hand-picked" for r in reused):
             sweep_rows = child(args, "hand", "--factories", ";".join(hand_configs(args.n, d)))
             fit = [r for r in sweep_rows if not r.get("over_budget")]
             if fit:
@@ -390,11 +419,14 @@ def report(rows: list[dict], sweep_rows: list[dict], args: argparse.Namespace, w
         print(f"{r['builder']:<13} {r['factory']!s:<36} {r.get('nprobe')!s:<20}"
               + "".join(f"{f.format(r[k]) if k in r else '-':>10}" for k, _, f in COLS))
     ours = rows[0]
-    for other in rows[1:]:
-        if other.get("timed_out"):
-            continue
-        print(f"{'ours / ' + other['builder']:<70}" + "".join(
-            f"{ours[k] / other[k]:>10.2f}" if other.get(k) else f"{'-':>10}" for k, _, _ in COLS))
+    if any(r["builder"].endswith("*") for r in rows):
+        print("*: figures reused from an earlier run of the same builder on the same data and budget (--reuse)")
+    for mine in (r for r in rows if r["builder"].startswith("ours")):
+        for other in rows:
+            if other.get("timed_out") or other["builder"].startswith("ours"):
+                continue
+            print(f"{mine['builder'] + ' / ' + other['builder']:<70}" + "".join(
+                f"{mine[k] / other[k]:>10.2f}" if other.get(k) and k in mine else f"{'-':>10}" for k, _, _ in COLS))
     if ours.get("chooser_s") is not None:
         print(f"\nour auto choice cost {ours['chooser_s']:.0f}s = {ours['chooser_fraction']:.2f} of our build")
     print("our factory reasoning:\n  " + "\n  ".join(ours["reasoning"]))

@@ -3,10 +3,12 @@
     sample      seeded random rows (N/10, 50k..200k), shuffled; held-out queries drawn with them
     truth       exact inner-product top-k of the queries over the sample (``faiss.knn``)
     round 1     every family of ``index.candidates`` that fits the budget, cheapest to train first
-    round 2     the best PQ family again with a learned OPQ rotation, if the time bound allows
+    round 2     the best PQ family again with a learned OPQ rotation (8 alternations on <= 16k rows)
     per family  train its codes on the sample (one shared PCA and coarse k-means, nlist by the same 4·√N rule as
-                the final index), add the sample, sweep nprobe
-                (``index.operating_points.sweep``): recall@k and batch-1 single-thread latency, extrapolated to N
+                the final index), add the sample, measure its ceiling: recall@k with every list probed
+    sweeps      highest ceiling first: a family whose ceiling is below the leader's recall cannot win and is
+                pruned; the others sweep nprobe (``index.operating_points.sweep``): recall@k and batch-1
+                single-thread latency on 100 queries, extrapolated to N
     winner      the best recall@k whose extrapolated p50 is within ``max_query_ms`` and whose bytes fit;
                 ties (within 0.005 recall) go to the smaller one
 
@@ -20,11 +22,15 @@ quantizer holds nlist vs nlist_s centroids; the sample's latency is scaled by th
 upper bound). The final index then measures its own curve (``index.build`` self-check), so the served point obeys
 ``max_query_ms`` for real.
 
-Cost bound: round 1 is bounded by construction (at most six families, on at most 200k rows, sharing one PCA and
-one k-means); round 2 (OPQ training: minutes at d=768) starts only while the chooser has spent less than
-``cost_fraction`` of the final build projected from the first family (its training time, shared PCA and k-means
-included, scaled to the final training size, plus its add time scaled to N), or less than ``min_seconds``. The
-cost is reported (``build_index`` records it as a fraction of the whole build).
+Cost bound, in CPU seconds of the chooser (one FAISS thread throughout, so CPU time is its work; wall time on a
+shared machine is mostly the neighbours'): every candidate after the first starts only while the chooser has
+spent less than ``cost_fraction`` (0.3) of the projected final build of the current leader (its training scaled
+to the final training size, shared PCA and k-means included, plus its add time scaled to N), or less than
+``min_seconds`` (30): small builds take seconds, and the bound must still leave room for the families worth
+measuring. So the chooser costs at most max(min_seconds, 0.3 x projected build) + one candidate; skipped
+candidates are listed with the reason. Cost, bound and wall time are in the reasoning; ``build_index`` records the
+wall fraction of the whole build (measured, bench.index on a shared 2-core machine: 0.29 at 300k x 768; at 20-50k
+rows, where the whole build takes about a minute, the floor dominates: 0.5-0.7).
 """
 
 from __future__ import annotations
@@ -41,12 +47,19 @@ from index.candidates import Candidate, candidates_for
 from index.errors import FactoryError
 from index.factory import FLAT_MAX, ID_BYTES, MIN_POINTS_PER_LIST, PQ_MIN_TRAIN, FactoryChoice, fmt_bytes, nlist_for
 from index.operating_points import RECALL_TOLERANCE, OperatingPoint, pick, sweep
+from index.train import blas_distances, faiss_threads
 
 log = logging.getLogger(__name__)
 
 K = 10
 SAMPLE_MIN, SAMPLE_MAX = 50_000, 200_000  # rows: N/10 within these bounds
 CHOOSER_QUERIES = 500
+LATENCY_QUERIES = 100   # batch-1 searches per candidate point (the final index re-measures its curve on 200)
+COST_FRACTION = 0.3     # of the projected final build, that the candidates after the first may cost
+MIN_SECONDS = 30.0      # ... or this many CPU seconds, for small builds where the fraction is seconds
+OPQ_POINTS = 16_384     # the chooser's OPQ trains on fewer rows than the final build's (65,536)
+OPQ_REACH = 0.1         # OPQ is tried when the best PQ family's ceiling is within this of the leader's recall: the
+                        # most it added over PCAR in our measurements is 0.05 (MiniLM 20k, PQ46 over 184 dims)
 
 
 @dataclasses.dataclass
@@ -58,9 +71,11 @@ class Measured:
     sample_bytes_predicted: int     # the byte model at sample size (checks the prediction above)
     points: list[OperatingPoint]
     best: OperatingPoint | None     # best point within the latency target
-    train_s: float
-    add_s: float
-    seconds: float
+    train_s: float                  # CPU seconds (one thread: the work, whatever the neighbours do)
+    add_s: float                    # CPU seconds
+    seconds: float                  # wall
+    ceiling: float | None = None    # recall@k with every list probed (measured once built, for the sweep order)
+    pruned: bool = False            # ceiling below the leader's recall when its turn came: not swept
 
     def row(self) -> dict[str, Any]:
         return {"family": self.candidate.family, "factory": self.factory, "bytes_per_vector": self.bytes_per_vector,
@@ -68,7 +83,8 @@ class Measured:
                 "nprobe": self.best.nprobe if self.best else None,
                 "recall": self.best.recall if self.best else None,
                 "p50_ms": self.best.p50_ms if self.best else None, "train_s": self.train_s, "add_s": self.add_s,
-                "seconds": self.seconds, "points": [p.to_dict() for p in self.points]}
+                "seconds": self.seconds, "ceiling": self.ceiling, "pruned": self.pruned,
+                "points": [p.to_dict() for p in self.points]}
 
 
 @dataclasses.dataclass
@@ -81,9 +97,12 @@ class Choice:
     sample_rows: int
     queries: int
     why: str
+    bound_s: float                  # CPU seconds the candidates after the first were started within
+    cpu_s: float                    # CPU seconds of the whole choice (one FAISS thread)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds,
+        return {"winner": self.winner.factory, "why": self.why, "seconds": self.seconds, "cpu_s": self.cpu_s,
+                "bound_s": self.bound_s,
                 "sample_rows": self.sample_rows, "queries": self.queries, "k": K,
                 "candidates": [m.row() for m in self.table], "skipped": self.skipped}
 
@@ -116,7 +135,8 @@ class SampleSpace:
         self.pca.train(sample[:max(train_n, min(len(sample), 1000 * d))])
         w = min(d, coarse_width)
         km = faiss.Kmeans(w, nlist, niter=10, seed=seed, max_points_per_centroid=train_n // nlist + 1)
-        km.train(np.ascontiguousarray(self.pca.apply(sample[:train_n])[:, :w]))
+        with blas_distances():
+            km.train(self.cut(w, rotate=False).apply(sample[:train_n]))
         pcamat = faiss.vector_to_array(self.pca.PCAMat).reshape(d, d)   # rows: principal directions
         mean = faiss.vector_to_array(self.pca.mean)
         self.centroids_in = (mean + km.centroids @ pcamat[:w]).astype(np.float32)  # back in input space
@@ -146,20 +166,22 @@ def _train_on_space(c: Candidate, factory: str, space: SampleSpace, x_train: np.
     inner = faiss.index_factory(c.width, factory.split(",", 1)[1] if c.transform else factory, metric_of(metric))
     ivf = faiss.extract_index_ivf(inner)
     ivf.quantizer.add(vt.apply(space.centroids_in) if vt else space.centroids_in)
-    inner.train(np.ascontiguousarray(vt.apply(x_train) if vt else x_train))
+    with blas_distances():
+        inner.train(np.ascontiguousarray(vt.apply(x_train) if vt else x_train))
     return faiss.IndexPreTransform(vt, inner) if vt else inner
 
 
-def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
-            nlist_full: int, train_per_list: int, max_query_ms: float, metric: str, seed: int,
-            space: SampleSpace | None = None) -> Measured:
+def build(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, n_full: int, d: int,
+          nlist_full: int, train_per_list: int, metric: str, seed: int,
+          space: SampleSpace | None = None) -> tuple[Any, Measured]:
     """Train ``c`` on (a prefix of the shuffled) ``base`` — on the shared ``space`` unless its transform is learned
-    (OPQ) —, add all of it, serialize it, sweep nprobe."""
+    (OPQ) —, add all of it, serialize it, and measure its recall with every list probed (one batched search: the
+    ceiling no nprobe exceeds). Returns the index and its ``Measured`` without operating points (``sweep_into``)."""
     import faiss
 
     from index.train import train_empty_index
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     n = len(base)
     nlist = nlist_for(n)
     train_n = candidate_train_size(c, n, nlist, train_per_list)
@@ -167,21 +189,42 @@ def measure(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
     if space is not None and not c.transform.startswith("OPQ"):
         index = _train_on_space(c, factory, space, base[:train_n], metric)
     else:
-        index = train_empty_index(factory, d, base[:train_n], metric, seed)
-    train_s = time.time() - t0
-    t1 = time.time()
+        index = train_empty_index(factory, d, base[:train_n], metric, seed, opq_points=OPQ_POINTS)
+    train_s = time.process_time() - c0
+    c1 = time.process_time()
     index.add_with_ids(base, np.arange(n, dtype=np.int64))
-    add_s = time.time() - t1
+    add_s = time.process_time() - c1
     sample_bytes = len(faiss.serialize_index(index))
     model_bytes = c.index_bytes(n, d, nlist)
     # the byte model, calibrated by what this sample index really serializes to (fast-scan padding of uneven lists)
     per_vector = c.index_bytes(n_full, d, nlist_full) * max(1.0, sample_bytes / model_bytes) / n_full
+    ceiling = recall_ceiling(index, queries, truth)
+    return index, Measured(c, factory, per_vector, sample_bytes, model_bytes, [], None, train_s, add_s,
+                           time.time() - t0, ceiling=ceiling)
+
+
+def sweep_into(m: Measured, index, queries: np.ndarray, truth: np.ndarray, *, n: int, n_full: int,
+               nlist_full: int, max_query_ms: float) -> None:
+    """``m``'s operating points (nprobe sweep, latency extrapolated to N) and its best point within the target."""
+    t0 = time.time()
+    nlist = nlist_for(n)
     scale = max(1.0, (n_full / nlist_full) / (n / nlist), nlist_full / nlist)
-    points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale)
-    within = [p for p in points if p.p50_ms <= max_query_ms]
-    best = pick(within, max_latency_ms=max_query_ms) if within else None
-    return Measured(c, factory, per_vector, sample_bytes, model_bytes, points, best, train_s, add_s,
-                    time.time() - t0)
+    m.points = sweep(index, queries, truth, K, max_latency_ms=max_query_ms, latency_scale=scale,
+                     latency_queries=LATENCY_QUERIES)
+    within = [p for p in m.points if p.p50_ms <= max_query_ms]
+    m.best = pick(within, max_latency_ms=max_query_ms) if within else None
+    m.seconds += time.time() - t0
+
+
+def recall_ceiling(index, queries: np.ndarray, truth: np.ndarray) -> float:
+    """recall@K of ``index`` searched with every list probed: no nprobe of it recalls more."""
+    from index.operating_points import nlist_of, set_nprobe
+    from index.selfcheck import recall_at_k
+
+    nlist = nlist_of(index)
+    if nlist:
+        set_nprobe(index, nlist)
+    return recall_at_k(index.search(np.ascontiguousarray(queries), K)[1], truth, K)
 
 
 def candidate_train_size(c: Candidate, n: int, nlist: int, train_per_list: int) -> int:
@@ -192,14 +235,26 @@ def candidate_train_size(c: Candidate, n: int, nlist: int, train_per_list: int) 
 
 def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: int | None,
            max_query_ms: float, train_per_list: int = 64, metric: str = "ip", seed: int = 0,
-           cost_fraction: float = 0.5, min_seconds: float = 30.0,
+           cost_fraction: float = COST_FRACTION, min_seconds: float = MIN_SECONDS, opq: bool = True,
            echo: Callable[[str], None] | None = None) -> Choice:
     """Measure the candidates for ``n_full`` vectors on ``sample`` (rows in random order) with held-out
-    ``queries``; return the winner as a ``FactoryChoice`` for the full build, with the table and the reasons."""
+    ``queries``; return the winner as a ``FactoryChoice`` for the full build, with the table and the reasons.
+
+    One FAISS thread throughout. Measured reason: a candidate's work is many small parallel regions (one k-means
+    per sub-quantizer, searches of a few lists), where OpenMP threads wait on each other; on this 2-core machine,
+    shared, ``PCAR152,IVF256,PQ76x4fs`` on 19.5k rows took 37.6 s with 2 threads and 1.5 s with one."""
+    with faiss_threads(1):
+        return _choose(sample, queries, n_full=n_full, max_memory=max_memory, max_query_ms=max_query_ms,
+                       train_per_list=train_per_list, metric=metric, seed=seed, cost_fraction=cost_fraction,
+                       min_seconds=min_seconds, opq=opq, say=echo or (lambda m: log.info("%s", m)))
+
+
+def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: int | None, max_query_ms: float,
+            train_per_list: int, metric: str, seed: int, cost_fraction: float, min_seconds: float, opq: bool,
+            say: Callable[[str], None]) -> Choice:
     import faiss
 
-    say = echo or (lambda m: log.info("%s", m))
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     d = sample.shape[1]
     nlist_full = nlist_for(n_full)
     cands = candidates_for(n_full, d, max_memory, nlist_full)
@@ -208,41 +263,74 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
                            f"{d}: no candidate fits. Raise --max-memory or shard across machines.")
     fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     truth = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(sample), K, metric=fmetric)[1]
-    budget_s = min_seconds
+    budget_s = float("inf")  # set once a candidate has a point within the latency target
     nlist = nlist_for(len(sample))
-    t0 = time.time()
+    c0 = time.process_time()
     space = SampleSpace(sample, nlist, min(len(sample), nlist * train_per_list), min(c.width for c in cands), seed)
-    space_s = time.time() - t0
+    space_s = time.process_time() - c0
     table: list[Measured] = []
     skipped: list[str] = []
+    train_rows = min(len(sample), nlist * train_per_list)
 
-    def run(c: Candidate, bounded: bool) -> None:
+    def projected_build(m: Measured) -> float:
+        """The final build's FAISS work if ``m`` wins: its training scaled to the final training size, shared PCA
+        and k-means included, plus its add time scaled to N."""
+        train_full = candidate_train_size(m.candidate, n_full, nlist_full, train_per_list)
+        shared = 0.0 if m.candidate.transform.startswith("OPQ") else space_s
+        return (shared + m.train_s) * train_full / max(1, train_rows) + m.add_s * n_full / len(sample)
+
+    def leader() -> Measured | None:
+        ranked = [m for m in table if m.best]
+        return max(ranked, key=lambda m: m.best.recall) if ranked else None
+
+    def build_all(cs: list[Candidate]) -> list[tuple[Any, Measured]]:
         nonlocal budget_s
-        spent = time.time() - t_start
-        if bounded and spent > budget_s:
-            skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f}s > {budget_s:.0f}s)")
-            return
-        m = measure(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
-                    train_per_list=train_per_list, max_query_ms=max_query_ms, metric=metric, seed=seed, space=space)
-        if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
-            skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the byte "
-                           f"model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over the budget")
-            return
-        table.append(m)
-        if len(table) == 1:  # project the final build from the cheapest family
-            train_full = min(n_full, nlist_full * train_per_list)
-            projected = (space_s + m.train_s) * train_full / max(1, min(len(sample), nlist * train_per_list))
-            projected += m.add_s * n_full / len(sample)
-            budget_s = max(min_seconds, cost_fraction * projected)
-        say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
-            f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
-            else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
+        built: list[tuple[Any, Measured]] = []
+        for c in cs:
+            spent = time.process_time() - cpu_start
+            if (table or built) and spent > budget_s:
+                skipped.append(f"{c.factory(nlist_full)}: cost bound reached ({spent:.0f} CPU s > {budget_s:.0f})")
+                continue
+            index, m = build(c, sample, queries, truth, n_full=n_full, d=d, nlist_full=nlist_full,
+                             train_per_list=train_per_list, metric=metric, seed=seed, space=space)
+            if max_memory is not None and m.bytes_per_vector * n_full > max_memory:
+                skipped.append(f"{m.factory}: serializes to {m.sample_bytes / m.sample_bytes_predicted:.3f}x the "
+                               f"byte model, {fmt_bytes(m.bytes_per_vector * n_full)} at full size is over budget")
+                continue
+            if not built and not table:  # until a leader is known, the bound follows the first family's build
+                budget_s = max(min_seconds, cost_fraction * projected_build(m))
+            built.append((index, m))
+        return built
 
-    for c in cands:
-        run(c, bounded=False)
-    pq_rows = [m for m in table if m.candidate.family.startswith("pq") and m.best]
-    if pq_rows:
-        run(max(pq_rows, key=lambda m: m.best.recall).candidate.with_opq(), bounded=True)
+    def sweep_all(built: list[tuple[Any, Measured]]) -> None:
+        """Highest ceiling first, so a leader is found early and candidates that cannot reach it are pruned."""
+        nonlocal budget_s
+        for index, m in sorted(built, key=lambda b: -b[1].ceiling):
+            top = leader()
+            if top and m.ceiling < top.best.recall - RECALL_TOLERANCE:
+                m.pruned = True
+            else:
+                sweep_into(m, index, queries, truth, n=len(sample), n_full=n_full, nlist_full=nlist_full,
+                           max_query_ms=max_query_ms)
+            table.append(m)
+            top = leader()
+            if top:  # the bound follows the build the leader would cost
+                budget_s = max(min_seconds, cost_fraction * projected_build(top))
+            say(f"  measured {m.factory:<28} {m.bytes_per_vector:7.1f} B/vec  " + (
+                f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned else
+                f"recall@{K} {m.best.recall:.4f} at nprobe {m.best.nprobe} ({m.best.p50_ms:.3f} ms)" if m.best
+                else f"no point within {max_query_ms} ms") + f"  [{m.seconds:.1f}s]")
+
+    sweep_all(build_all(cands))
+    pq_rows = [m for m in table if m.candidate.family.startswith("pq")]
+    best_pq = max(pq_rows, key=lambda m: m.ceiling) if pq_rows else None
+    top = leader()
+    if best_pq and opq and top and best_pq.ceiling < top.best.recall - OPQ_REACH:
+        skipped.append(f"{best_pq.candidate.with_opq().factory(nlist_full)}: {best_pq.factory} reaches "
+                       f"{best_pq.ceiling:.4f} with every list probed, more than {OPQ_REACH} below the leader's "
+                       f"{top.best.recall:.4f}: a learned rotation does not close that gap")
+    elif best_pq and opq:
+        sweep_all(build_all([best_pq.candidate.with_opq()]))
 
     ok = [m for m in table if m.best is not None]
     if not ok:
@@ -260,7 +348,7 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
     if rivals:
         r = rivals[0]
         why += f"; next {r.factory} {r.best.recall:.4f} ({r.best.recall - winner.best.recall:+.4f})"
-    seconds = time.time() - t_start
+    seconds, cpu_s = time.time() - t_start, time.process_time() - cpu_start
     c = winner.candidate
     final_factory = c.factory(nlist_full)
     train_size = candidate_train_size(c, n_full, nlist_full, train_per_list)
@@ -270,8 +358,12 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
         f"sample of {len(sample):,} rows with {len(queries)} held-out queries and exact top-{K} in {seconds:.0f}s",
         *[f"  {m.factory:<30} {m.bytes_per_vector:7.1f} B/vector  " + (
             f"recall@{K} {m.best.recall:.4f} nprobe {m.best.nprobe} p50 {m.best.p50_ms:.3f} ms" if m.best
+            else f"pruned: recall@{K} {m.ceiling:.4f} with every list probed" if m.pruned
             else "too slow") for m in table],
         *[f"  skipped {s}" for s in skipped],
+        f"cost: {cpu_s:.0f} CPU s ({seconds:.0f}s wall); bound {budget_s:.0f} CPU s = max({min_seconds:.0f}, "
+        f"{cost_fraction} x the winner's projected build {projected_build(winner):.0f}): candidates after the first "
+        "start only within it",
         f"chose {why}",
         f"nlist = {nlist_full} (power of two nearest 4*sqrt(N)); train on {train_size:,} vectors",
     ]
@@ -281,7 +373,7 @@ def choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory: 
         opq=c.transform.startswith("OPQ"), quantizer="hnsw32" if "_HNSW" in final_factory else "flat",
         est_bytes=c.index_bytes(n_full, d, nlist_full), bytes_per_vector=c.code_bytes + ID_BYTES,
         train_size=train_size, reasoning=reasoning)
-    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why)
+    return Choice(choice, winner, table, skipped, seconds, len(sample), len(queries), why, budget_s, cpu_s)
 
 
 def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, train_per_list: int = 64,
@@ -294,8 +386,8 @@ def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, tr
     say = echo or (lambda m: log.info("%s", m))
     rows, query_rows = draw_rows(source.rows, sample_size(source.rows), CHOOSER_QUERIES, seed + 1)
     say(f"auto: measuring candidates on {len(rows):,} sampled rows, {len(query_rows)} held-out queries")
-    sample = read_rows(source, rows, ("embedding",))["embedding"]
-    sample = np.ascontiguousarray(sample[np.random.default_rng(seed).permutation(len(sample))])
+    # read in shuffled order (read_rows returns rows in the order asked): no shuffled copy of the sample
+    sample = read_rows(source, rows[np.random.default_rng(seed).permutation(len(rows))], ("embedding",))["embedding"]
     queries = read_rows(source, query_rows, ("embedding",))["embedding"]
     return choose(sample, queries, n_full=source.rows, max_memory=max_memory, max_query_ms=max_query_ms,
                   train_per_list=train_per_list, metric=metric, seed=seed, echo=say)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 BEAM = ["--runner=FnApiRunner"]
 N = 12_000
-NO_OPQ = dict(cost_fraction=0.0, min_seconds=0.0)  # round 2 (OPQ) is minutes of training; not what is tested here
+NO_OPQ = dict(opq=False, min_seconds=600.0)  # every round-1 family, no OPQ round (not what is tested here)
 
 
 def low_rank(n: int, seed: int = 0) -> np.ndarray:
@@ -169,3 +169,45 @@ def test_build_index_auto_measures_and_records_the_choice(tmp_path):
     assert m["index_bytes"] <= budget                       # real serialized bytes (one shard)
     assert m["operating_points"]["chosen"]["p50_ms"] <= 5.0
     assert m["selfcheck"]["recall_at_k"] >= 0.7
+
+
+def test_read_rows_returns_the_rows_asked_in_the_order_asked(tmp_path, monkeypatch):
+    """Rows picked out of several files, row groups and decode batches land where they were asked for."""
+    from index import source as src
+
+    monkeypatch.setattr(src, "READ_BATCH", 70)  # batches that straddle row groups' picks
+    x = isotropic(1000, 8, seed=6)
+    write_embeddings(tmp_path / "a.parquet", x[:600], row_group_size=250)
+    write_embeddings(tmp_path / "b.parquet", x[600:], start=600, row_group_size=128, fixed=False)
+    source = src.EmbeddingSource.open([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")])
+    rows = np.random.default_rng(0).choice(1000, 300, replace=False)
+    got = src.read_rows(source, rows, ("embedding", "image_id"))
+    assert np.array_equal(got["embedding"], x[rows]) and got["embedding"].flags["C_CONTIGUOUS"]
+    assert got["image_id"] == [f"img-{i:06d}" for i in rows]
+
+
+def test_cost_bound_stops_candidates_and_is_reported():
+    """With no time to spare only the first candidate is measured; the rest are skipped, saying why."""
+    x = low_rank(N + 300, seed=7)
+    tight = choose(x[:N], x[N:], n_full=N, max_memory=30 * N, max_query_ms=5.0, cost_fraction=0.0, min_seconds=0.0)
+    free = choose(x[:N], x[N:], n_full=N, max_memory=30 * N, max_query_ms=5.0, **NO_OPQ)
+    assert len(tight.table) == 1 and tight.table[0].factory == free.table[0].factory
+    assert len(tight.skipped) == len(free.table) - 1  # the other round-1 families (no PQ measured: no OPQ round)
+    assert all("cost bound" in s for s in tight.skipped)
+    assert not any("cost bound" in s for s in free.skipped)
+    assert 0 < tight.cpu_s < free.cpu_s and tight.to_dict()["bound_s"] == 0.0
+    assert any(line.startswith("cost:") for line in tight.factory.reasoning)
+
+
+def test_candidates_that_cannot_win_are_pruned_unswept():
+    """A candidate whose recall with every list probed is below the leader's is not swept, and cannot have won."""
+    x = low_rank(N + 300, seed=8)
+    choice = choose(x[:N], x[N:], n_full=N, max_memory=30 * N, max_query_ms=5.0, **NO_OPQ)
+    pruned = [m for m in choice.table if m.pruned]
+    assert pruned, [m.row() for m in choice.table]
+    top = max(m.best.recall for m in choice.table if m.best)
+    for m in pruned:
+        assert m.points == [] and m.best is None and m.ceiling < top - ops.RECALL_TOLERANCE
+    for m in choice.table:
+        if m.best:  # a full scan recalls at least what any nprobe does
+            assert m.ceiling is None or m.ceiling >= m.best.recall
