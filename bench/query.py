@@ -350,7 +350,7 @@ def main() -> None:
     print(f"\nthis CPU: fp32 GEMM {rates[1] / 1e9:.0f} GFLOP/s on 1 thread, {rates[2] / 1e9:.0f} on 2; memory "
           f"{bandwidth / 1e9:.1f} GB/s. One query: {flops / 1e9:.3f} GFLOP, {weights / 1e6:.1f}M matmul weights")
     print("floor per query = max(FLOPs / rate, weight bytes / bandwidth); int8 rate taken as 2x fp32 (AVX2 "
-          "u8 x s8 multiply-adds, no VNNI)")
+          "8-bit multiply-adds, no VNNI)")
     print(f"\n{'batch 1, ms':16s} {'idle 1t p50/p99':>16s} {'idle 2t p50/p99':>16s} {'busy 1t p50/p99':>16s} "
           f"{'busy 2t p50/p99':>16s} {'2t/1t idle/busy':>16s} {'floor 1t/2t':>12s} {'q/s@32 1t/2t':>13s} "
           f"{'max|err|':>9s} {'min cos':>9s}")
