@@ -7,7 +7,7 @@ given ``transformers`` release names or registers its buffers, and so attention 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +21,18 @@ class Unpadded:
     """Where the real tokens of a padded [B, N] batch are. Per-token layers (every Linear, LayerNorm and GELU: ~97%
     of the FLOPs) then run on the [T, H] real tokens only and only attention sees the padded layout; a batch of
     mixed lengths costs what its tokens cost, which bucketing alone cannot reach (padding inside buckets, and
-    small GEMMs for buckets of short items). bench/encoders.py measures it."""
+    small GEMMs for buckets of short items). bench/encoders.py measures it.
+
+    The layout changes around attention are memory-bound passes, and with 2 threads on a busy machine such passes
+    run far below bandwidth (profiled on 16 images at 2 threads: fill 0.57 s and index_copy 0.59 s per 9.8 s
+    forward, beside 5.6 s of GEMMs). So padding goes into zero buffers kept per slot (q, k, v) for the whole
+    forward, zero-filled once (padding positions are never written), and the attention output is gathered
+    straight from its [B, heads, N, d] layout instead of being made contiguous first."""
 
     index: torch.Tensor  # [T] positions of real tokens in the flattened [B * N]
     batch: int
     length: int
+    buffers: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor) -> Unpadded:
@@ -35,9 +42,20 @@ class Unpadded:
         """[B, N, H] -> [T, H]."""
         return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, H] -> [B, N, H], zeros at padding."""
-        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+    def unpad_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, heads, N, d] (attention's output layout) -> [T, heads * d], in one gather."""
+        rows = x.transpose(1, 2)[self.index // self.length, self.index % self.length]
+        return rows.reshape(rows.shape[0], -1)
+
+    def pad(self, x: torch.Tensor, slot: int | None = None) -> torch.Tensor:
+        """[T, H] -> [B, N, H], zeros at padding. With ``slot``: into that slot's buffer, which the next call with
+        the same slot overwrites (so the result must be consumed before, as attention consumes q, k, v)."""
+        shape = (self.batch * self.length, x.shape[-1])
+        out = self.buffers.get(slot) if slot is not None else None
+        if out is None or out.shape != shape or out.dtype != x.dtype:
+            out = x.new_zeros(shape)
+            if slot is not None:
+                self.buffers[slot] = out
         return out.index_copy_(0, self.index, x).view(self.batch, self.length, x.shape[-1])
 
 
@@ -55,19 +73,18 @@ class BertSelfAttention(nn.Module):
         """Every position of ``hidden`` is attended; outputs are computed for ``queries`` (default: all of them).
         With ``layout``, ``hidden`` is [T, H] real tokens (see ``Unpadded``) and so is the output."""
         if layout is not None:
-            q, k, v = (layout.pad(lin(hidden)) for lin in (self.query, self.key, self.value))
-            return layout.unpad(self._attend(q, k, v, additive_mask))
+            q, k, v = (layout.pad(lin(hidden), slot) for slot, lin in enumerate((self.query, self.key, self.value)))
+            return layout.unpad_heads(self._context(q, k, v, additive_mask))
         queries = hidden if queries is None else queries
-        return self._attend(self.query(queries), self.key(hidden), self.value(hidden), additive_mask)
+        ctx = self._context(self.query(queries), self.key(hidden), self.value(hidden), additive_mask)
+        return ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], -1)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        b, h = k.shape[0], k.shape[2]
-
+    def _context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """[B, Nq, H], [B, N, H] x 2 -> [B, heads, Nq, head_dim]."""
         def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+            return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-        ctx = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=additive_mask)
-        return ctx.transpose(1, 2).reshape(b, q.shape[1], h)
+        return F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=additive_mask)
 
 
 class BertSelfOutput(nn.Module):

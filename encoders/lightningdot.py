@@ -142,8 +142,9 @@ class LightningDOT:
             sel = torch.as_tensor(idx)
             f = feats[sel, :width].to(self.device, self.dtype)
             b = add_box_area(bxs[sel, :width].to(self.device, torch.float32)).to(self.dtype)
+            # Whatever the caller left in the padding is never read: the tower drops padded rows right after the
+            # per-token embeddings (``Unpadded``), so no masking pass over the [B, W, 2048] features is needed.
             mask = (torch.arange(width)[None, :] < counts[sel][:, None]).to(self.device)
-            f = f * mask[..., None]  # padding contributes nothing, whatever the caller left there
             out[idx] = self.model.img_model(f, b, mask.long()).float().cpu().numpy()
         return out
 

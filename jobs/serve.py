@@ -207,7 +207,7 @@ def build_encoder(checkpoint: str | None, vocab: str | None, encoder_config: str
         raise click.UsageError(f"--engine onnx runs on the CPU; use --engine torch for --device {device}")
     from encoders.query_encoder import QueryEncoder
 
-    return QueryEncoder(model, "int8" if int8 else "fp32", workers=workers)
+    return QueryEncoder(model, "int8" if int8 else "fp32", threads=workers)
 
 
 def _interrupt(signum: int, frame: object) -> None:

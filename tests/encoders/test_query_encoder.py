@@ -46,13 +46,15 @@ def tiny() -> LightningDOT:
 
 
 def test_fp32_graph_matches_eager_at_any_length_and_batch(tiny):
-    fast = QueryEncoder(tiny, "fp32", workers=2)
+    fast = QueryEncoder(tiny, "fp32", threads=2)
     ids, mask = _ragged_ids(tiny, [1, 2, 5, 16, 3, 40, 7])
     want = tiny.encode_texts(ids, mask)
-    np.testing.assert_allclose(fast.encode_texts(ids, mask), want, rtol=0, atol=1e-5)
     for i in range(len(ids)):  # batch 1, trimmed to its own length: the serving case
         n = int(mask[i].sum())
         np.testing.assert_allclose(fast.encode_texts(ids[i:i + 1, :n], mask[i:i + 1, :n]), want[i:i + 1], atol=1e-5)
+    assert fast._pool is None  # a budget of 2 threads: one query still runs on the calling thread alone
+    np.testing.assert_allclose(fast.encode_texts(ids, mask), want, rtol=0, atol=1e-5)
+    assert fast._pool is not None  # a batch is split across the budget
     assert np.abs(want[0] - want[1]).max() > 1e-2  # different texts really differ
     # concurrent callers (a server's threads) share one session
     with ThreadPoolExecutor(4) as pool:
@@ -62,7 +64,7 @@ def test_fp32_graph_matches_eager_at_any_length_and_batch(tiny):
 
 
 def test_bad_inputs_and_settings_are_clear_errors(tiny):
-    fast = QueryEncoder(tiny, "fp32", workers=1)
+    fast = QueryEncoder(tiny, "fp32", threads=1)
     with pytest.raises(ValueError, match="outside the vocab"):
         fast.encode_texts(np.array([[101, tiny.config.vocab_size]]), np.ones((1, 2), np.int64))
     with pytest.raises(ValueError, match=r"must be \[B, L\]"):
@@ -70,8 +72,8 @@ def test_bad_inputs_and_settings_are_clear_errors(tiny):
     assert fast.encode_texts(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)).shape == (0, 768)
     with pytest.raises(ValueError, match="precision must be one of"):
         QueryEncoder(tiny, "int4")
-    with pytest.raises(ValueError, match="threads_per_query"):
-        QueryEncoder(tiny, "fp32", threads_per_query=0)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        QueryEncoder(tiny, "fp32", threads=0)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,9 @@ def test_real_weights_fp32_exact_and_int8_bounded_with_top10_agreement(minilm, t
     cos = _cosine(q8, eager)
     print(f"int8 vs fp32 on {len(CAPTIONS)} captions: min cosine {cos.min():.5f}, mean {cos.mean():.5f}, "
           f"max |err| {np.abs(q8 - eager).max():.3f}")
-    assert cos.min() >= 0.996 and cos.mean() >= 0.998  # measured 0.998 / 0.9986 (0.991 / 0.994 without splits)
+    # measured 0.99943 / 0.99962 (u8 x u8, outlier split at ratio 3, the six sensitive Linears in fp32); with
+    # QInt8 7-bit weights and ratio 6 0.9978 / 0.9984, without any split 0.990 / 0.994
+    assert cos.min() >= 0.999 and cos.mean() >= 0.9993
 
     # rank agreement on a built index whose "images" are fp32 embeddings of other real-word captions
     corpus = minilm.encode_captions(make_queries(400, seed=1) + CAPTIONS)
@@ -111,4 +115,4 @@ def test_real_weights_fp32_exact_and_int8_bounded_with_top10_agreement(minilm, t
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
     top1 = np.mean(exact[:, 0] == approx[:, 0])
     print(f"int8 top-10 overlap {overlap:.3f}, top-1 agreement {top1:.3f}")
-    assert overlap >= 0.9 and top1 >= 0.9  # measured 0.94 and 1.0
+    assert overlap >= 0.9 and top1 >= 0.9  # measured 0.96 and 1.0
