@@ -10,12 +10,32 @@ Modules: ``common`` (the rows listing yields), ``walk`` (the hostile-input-safe 
 rows), ``stages`` (the Beam transforms).
 """
 
+from transforms.duplicates import KeepFirstPerId
 from transforms.listing.common import MANIFEST_EXTENSIONS, Listed, ListError, info_stamp
 from transforms.listing.expand import expand_input, is_manifest
 from transforms.listing.fanout import FANOUT, Prefix, list_prefix, split_input
-from transforms.listing.manifests import MAX_MANIFEST_LINE, read_manifest
-from transforms.listing.stages import ExpandInputs, KeepFirstPerId, ListImages, ListPrefix, ReportEmptyInputs
+from transforms.listing.manifests import MAX_MANIFEST_LINE, SPLIT_BYTES, read_manifest, read_part, split_manifest
+from transforms.listing.stages import ExpandInputs, ListImages, ListPart, ReportEmptyInputs
 
-__all__ = ["FANOUT", "MANIFEST_EXTENSIONS", "MAX_MANIFEST_LINE", "ExpandInputs", "KeepFirstPerId", "ListError",
-           "ListImages", "ListPrefix", "Listed", "Prefix", "ReportEmptyInputs", "expand_input", "info_stamp",
-           "is_manifest", "list_prefix", "read_manifest", "split_input"]
+__all__ = [
+           "FANOUT",
+           "MANIFEST_EXTENSIONS",
+           "MAX_MANIFEST_LINE",
+           "SPLIT_BYTES",
+           "ExpandInputs",
+           "KeepFirstPerId",
+           "ListError",
+           "ListImages",
+           "ListPart",
+           "Listed",
+           "Prefix",
+           "ReportEmptyInputs",
+           "expand_input",
+           "info_stamp",
+           "is_manifest",
+           "list_prefix",
+           "read_manifest",
+           "read_part",
+           "split_input",
+           "split_manifest",
+]

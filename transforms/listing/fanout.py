@@ -1,5 +1,6 @@
-"""Fanning a directory INPUT out over workers: its first levels are listed here, its sub-directories handed on
-as ``Prefix``es that other workers list, so memory and time per worker stay bounded whatever the corpus size."""
+"""Fanning an INPUT out over workers: a directory's first levels are listed here and its sub-directories handed
+on as ``Prefix``es that other workers list; a manifest is cut into parts (``transforms.listing.manifests``). So
+memory and time per worker stay bounded whatever the corpus size."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import fsspec
 
 from core.files import is_local, local_path
 from core.paths import relative_to
-from transforms.listing.common import MANIFEST_EXTENSIONS, Listed, info_stamp, is_image, make_ref
-from transforms.listing.expand import expand_input
+from transforms.listing.common import Listed, info_stamp, is_image, make_ref
+from transforms.listing.expand import expand_input, is_manifest
+from transforms.listing.manifests import SPLIT_BYTES, ManifestPart, split_manifest
 from transforms.listing.walk import identity, list_level, walk
 
 FANOUT = 64  # a directory INPUT is split into at least this many sub-directories (if it has them) ...
@@ -31,11 +33,15 @@ class Prefix:
     remote: bool = False
 
 
-def split_input(spec: str, index: int) -> Iterator[Listed | Prefix]:
-    """``expand_input``, with a directory INPUT split: the images of its first levels here, and its sub-directories
-    as ``Prefix``es (breadth first until ``FANOUT`` of them or ``MAX_SPLIT_DEPTH`` levels). A store listed by
-    prefix (gs, s3, memory) is split at its top level; one listed by walking (sftp, hdfs) is not split."""
-    if spec.strip() and not spec.lower().endswith(MANIFEST_EXTENSIONS):
+def split_input(spec: str, index: int, split_bytes: int = SPLIT_BYTES) -> Iterator[Listed | Prefix | ManifestPart]:
+    """``expand_input``, with the INPUT split: a manifest into its parts; a directory into the images of its first
+    levels, here, and its sub-directories as ``Prefix``es (breadth first until ``FANOUT`` of them or
+    ``MAX_SPLIT_DEPTH`` levels). A store listed by prefix (gs, s3, memory) is split at its top level; one listed
+    by walking (sftp, hdfs) is not split."""
+    if spec.strip():
+        if is_manifest(spec):
+            yield from split_manifest(spec, index, split_bytes)
+            return
         if is_local(spec):
             path = local_path(spec).rstrip("/") or "/"
             if os.path.isdir(path):

@@ -10,42 +10,51 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from core.files import os_error_kind, transportable
+from transforms.duplicates import FirstPerId
 from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.listing.common import Listed, ListError, list_failure
 from transforms.listing.fanout import Prefix, list_prefix, split_input
-from transforms.records import FAILED, ImageRef, failure
+from transforms.listing.manifests import SPLIT_BYTES, ManifestPart, RowGroup, TextRange, read_part
+from transforms.records import FAILED, ImageRef
 from transforms.sources.webdataset import is_source
 
-PREFIXES = "prefixes"  # tag of the sub-directories a split INPUT hands to other workers
+PARTS = "parts"  # tag of the parts a split INPUT hands to other workers (sub-directories, manifest parts)
 NONEMPTY = "nonempty"  # tag of the input positions that yielded something (an image or a failure row)
 
 
 class ExpandInputs(beam.DoFn):
-    """(index, spec) -> ImageRef and failure rows, streamed, and the ``Prefix``es of a split directory (listed by
-    ``ListPrefix`` on other workers). A spec that cannot be listed is a failure row naming the INPUT; one that
-    yields nothing at all (an empty folder, a glob without matches) is found by ``ReportEmptyInputs``."""
+    """(index, spec) -> ImageRef and failure rows, streamed, and the parts of a split INPUT (``Prefix``es of a
+    directory, ``TextRange``s / ``RowGroup``s of a manifest: listed by ``ListPart`` on other workers). A spec that
+    cannot be listed is a failure row naming the INPUT; one that yields nothing at all (an empty folder, a glob
+    without matches) is found by ``ReportEmptyInputs``."""
 
-    def __init__(self) -> None:
+    def __init__(self, split_bytes: int = SPLIT_BYTES) -> None:
+        self.split_bytes = split_bytes
         self.listed = Metrics.counter("ldot", "listed")
         self.failed = Metrics.counter("ldot", "failed_list")
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
         index, spec = element
-        yield from _stream(index, spec, lambda: split_input(spec, index), self.listed, self.failed)
+        yield from _stream(index, spec, lambda: split_input(spec, index, self.split_bytes), self.listed, self.failed)
 
 
-class ListPrefix(beam.DoFn):
-    """Prefix -> the ImageRefs and failure rows below it."""
+class ListPart(beam.DoFn):
+    """A part of a split INPUT -> the ImageRefs and failure rows in it."""
 
     def __init__(self) -> None:
         self.listed = Metrics.counter("ldot", "listed")
         self.failed = Metrics.counter("ldot", "failed_list")
 
-    def process(self, prefix: Prefix) -> Iterator[Any]:
-        yield from _stream(prefix.index, prefix.directory, lambda: list_prefix(prefix), self.listed, self.failed)
+    def process(self, part: Prefix | ManifestPart) -> Iterator[Any]:
+        if isinstance(part, Prefix):
+            yield from _stream(part.index, part.directory, lambda: list_prefix(part), self.listed, self.failed)
+            return
+        name = (f"{part.spec}:row-group-{part.group}" if isinstance(part, RowGroup)
+                else f"{part.spec}:bytes-{part.start}-{part.end}")
+        yield from _stream(part.index, name, lambda: read_part(part), self.listed, self.failed)
 
 
-def _stream(index: int, spec: str, items: Callable[[], Iterator[Listed | Prefix]], listed: Any,
+def _stream(index: int, spec: str, items: Callable[[], Iterator[Listed | Prefix | ManifestPart]], listed: Any,
             failed: Any) -> Iterator[Any]:
     """The tagged outputs of one listing element; a ``NONEMPTY`` marker once it yielded anything."""
     count = 0
@@ -55,9 +64,9 @@ def _stream(index: int, spec: str, items: Callable[[], Iterator[Listed | Prefix]
             if isinstance(item, ImageRef):
                 listed.inc()
                 yield item
-            elif isinstance(item, Prefix):
-                yield beam.pvalue.TaggedOutput(PREFIXES, item)
-                count -= 1  # a sub-directory says nothing yet about whether the INPUT holds images
+            elif isinstance(item, Prefix | TextRange | RowGroup):
+                yield beam.pvalue.TaggedOutput(PARTS, item)
+                count -= 1  # a part to list says nothing yet about whether the INPUT holds images
             else:
                 failed.inc()
                 yield beam.pvalue.TaggedOutput(FAILED, item)
@@ -82,39 +91,23 @@ class ReportEmptyInputs(beam.DoFn):
                                                        "in this INPUT")
 
 
-class KeepFirstPerId(beam.DoFn):
-    """Of the inputs sharing an image_id, the first in (input position, path) order wins; the rest fail."""
-
-    def __init__(self) -> None:
-        self.duplicates = Metrics.counter("ldot", "failed_duplicate_id")
-
-    def process(self, element: tuple[str, Iterable[ImageRef]]) -> Iterator[Any]:
-        _, refs = element
-        first = min(refs, key=lambda r: r.order)  # GroupByKey values can be iterated again, not sorted in memory
-        yield first
-        for ref in refs:
-            if ref.order == first.order:  # orders are unique: (input position, path or row number)
-                continue
-            self.duplicates.inc()
-            message = f"image_id already taken by {first.uri}"
-            yield beam.pvalue.TaggedOutput(FAILED, failure(ref.image_id, ref.uri, "list", "duplicate_id", message))
-
-
 class ListImages(beam.PTransform):
     """INPUT specs -> one ImageRef per distinct image_id (main) and failure rows (``failed``)."""
 
-    def __init__(self, inputs: list[str]) -> None:
+    def __init__(self, inputs: list[str], split_bytes: int = SPLIT_BYTES) -> None:
         super().__init__()
         self.inputs = inputs
+        self.split_bytes = split_bytes  # the size of the parts a CSV/JSONL manifest is read in
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         given = [(i, transportable(spec)) for i, spec in enumerate(self.inputs)
                  if not is_source(spec)]  # WebDataset shards, inline-bytes Parquet: read by transforms.sources
         specs = pbegin | "Specs" >> beam.Create(given)
-        listed = specs | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(FAILED, PREFIXES, NONEMPTY, main="refs")
-        below = (listed[PREFIXES]
-                 | "SpreadPrefixes" >> beam.Reshuffle()
-                 | "ListPrefixes" >> beam.ParDo(ListPrefix()).with_outputs(FAILED, NONEMPTY, main="refs"))
+        listed = specs | "Expand" >> beam.ParDo(ExpandInputs(self.split_bytes)).with_outputs(FAILED, PARTS, NONEMPTY,
+                                                                                main="refs")
+        below = (listed[PARTS]
+                 | "SpreadParts" >> beam.Reshuffle()
+                 | "ListParts" >> beam.ParDo(ListPart()).with_outputs(FAILED, NONEMPTY, main="refs"))
         nonempty = ((listed[NONEMPTY], below[NONEMPTY])
                     | "AllNonEmpty" >> beam.Flatten()
                     | "Distinct" >> beam.Distinct()
@@ -123,9 +116,6 @@ class ListImages(beam.PTransform):
                  | "JoinNonEmpty" >> beam.CoGroupByKey()
                  | "EmptyInputs" >> beam.ParDo(ReportEmptyInputs()))
         refs = (listed.refs, below.refs) | "AllRefs" >> beam.Flatten()
-        unique = (refs
-                  | "ById" >> beam.Map(lambda r: (r.image_id, r))
-                  | "Group" >> beam.GroupByKey()
-                  | "KeepFirst" >> beam.ParDo(KeepFirstPerId()).with_outputs(FAILED, main="refs"))
+        unique = refs | "FirstPerId" >> FirstPerId(lambda r: r.order)
         failed = (listed[FAILED], below[FAILED], empty, unique[FAILED]) | "ListFailures" >> beam.Flatten()
-        return {"refs": unique.refs, FAILED: failed}
+        return {"refs": unique.unique, FAILED: failed}
