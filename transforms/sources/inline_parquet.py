@@ -23,6 +23,7 @@ from core.files import printable_id
 from transforms.reading import DEFAULT_MAX_BYTES
 from transforms.records import FAILED, ImageBytes
 from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.spread import ExpandThenRead
 
 SCHEME = "parquet+bytes://"
 BATCH_ROWS = 256  # rows of inline images per batch: ~50 MB at img2dataset's ~200 KB per image
@@ -146,19 +147,8 @@ class ReadRowGroup(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILED, source_failure(image_id, uri, kind, message))
 
 
-class ReadInlineParquet(beam.PTransform):
+class ReadInlineParquet(ExpandThenRead):
     """(index, spec) pairs -> {"bytes", "failed"}, one worker element per row group."""
 
     def __init__(self, specs: list[tuple[int, str]], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__()
-        self.specs = specs
-        self.max_bytes = max_bytes
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        groups = (pbegin
-                  | "Specs" >> beam.Create(self.specs)
-                  | "Expand" >> beam.ParDo(ExpandRowGroups()).with_outputs(FAILED, main="groups"))
-        read = (groups.groups
-                | "Spread" >> beam.Reshuffle()
-                | "ReadRowGroups" >> beam.ParDo(ReadRowGroup(self.max_bytes)).with_outputs(FAILED, main="bytes"))
-        return {"bytes": read.bytes, FAILED: (groups[FAILED], read[FAILED]) | "Failures" >> beam.Flatten()}
+        super().__init__(specs, ExpandRowGroups(), ReadRowGroup(max_bytes), "bytes")

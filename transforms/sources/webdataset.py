@@ -23,6 +23,7 @@ from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.reading import DEFAULT_MAX_BYTES
 from transforms.records import FAILED, ImageBytes
 from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.spread import ExpandThenRead
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 CAPTION_EXTENSIONS = (".txt", ".caption")
@@ -173,20 +174,8 @@ class ExpandShards(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED, source_failure(spec, spec, "list_error", f"{type(e).__name__}: {e}"))
 
 
-class ReadWebDataset(beam.PTransform):
+class ReadWebDataset(ExpandThenRead):
     """(index, spec) pairs -> {"bytes", "captions", "failed"}, one worker element per shard."""
 
     def __init__(self, specs: list[tuple[int, str]], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__()
-        self.specs = specs
-        self.max_bytes = max_bytes
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        shards = (pbegin
-                  | "Specs" >> beam.Create(self.specs)
-                  | "Expand" >> beam.ParDo(ExpandShards()).with_outputs(FAILED, main="shards"))
-        read = (shards.shards
-                | "Spread" >> beam.Reshuffle()
-                | "ReadShards" >> beam.ParDo(ReadShard(self.max_bytes)).with_outputs(FAILED, "captions", main="bytes"))
-        failed = (shards[FAILED], read[FAILED]) | "Failures" >> beam.Flatten()
-        return {"bytes": read.bytes, "captions": read.captions, FAILED: failed}
+        super().__init__(specs, ExpandShards(), ReadShard(max_bytes), "bytes", ("captions",))
