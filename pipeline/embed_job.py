@@ -167,7 +167,9 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models, *,
         return split["todo"]
 
     if job.regions is not None:
-        regions = split_by_snapshot(p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions))
+        precomputed = p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions)
+        failures["Regions"] = precomputed[FAILED]
+        regions = split_by_snapshot(precomputed["regions"])
     else:
         listed = p | "List" >> ListImages(job.inputs)
         # -- change detection from the listing's metadata: the snapshot's rows of images with its size and stamp
