@@ -10,7 +10,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.records import FAILED, failure
+from transforms.records import FAILED, ImageBytes, failure
 
 
 class KeepFirstPerId(beam.DoFn):
@@ -46,3 +46,16 @@ class FirstPerId(beam.PTransform):
                 | "ById" >> beam.Map(lambda item: (item.image_id, (order(item), item)))
                 | "Group" >> beam.GroupByKey()
                 | "KeepFirst" >> beam.ParDo(KeepFirstPerId(self.stage)).with_outputs(FAILED, main="unique"))
+
+
+class OnePerIdAcross(beam.PTransform):
+    """(listed ImageRefs, source ImageBytes) -> ``refs`` and ``bytes`` with one input per image_id across both
+    (by ``order``: input position first, so a file listed from INPUT 0 beats a shard sample of INPUT 1 and the
+    reverse), and ``failed`` duplicate rows. The refs are resolved before they are read: a losing file is never
+    opened. (The source bytes cross one shuffle here, as resolving their own duplicates needs anyway.)"""
+
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
+        unique = pcolls | "RefsAndBytes" >> beam.Flatten() | "FirstPerId" >> FirstPerId(lambda item: item.order)
+        refs, images = unique.unique | "ByKind" >> beam.Partition(
+            lambda item, _: int(isinstance(item, ImageBytes)), 2)
+        return {"refs": refs, "bytes": images, FAILED: unique[FAILED]}
