@@ -110,6 +110,10 @@ def peak_listing_memory(root: Path) -> tuple[int, int, int]:
     return worst, whole, len(prefixes)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"  # no prefix at the smallest N: the split listed everything itself
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,50000")
@@ -139,8 +143,9 @@ def main() -> None:
             assert figures["content"]["carried"] == n and figures["content"]["read"] == n
             ratio = med["nochange"] / med["content"]
             first = first or (n, med, worst)
-            growth = (f"{(med['list'] / n) / (first[1]['list'] / first[0]):.2f} / {worst / first[2]:.2f} / "
-                      f"{(med['nochange'] / n) / (first[1]['nochange'] / first[0]):.2f}")
+            growth = " / ".join(_ratio(a, b) for a, b in (
+                (med["list"] / n, first[1]["list"] / first[0]), (worst, first[2]),
+                (med["nochange"] / n, first[1]["nochange"] / first[0])))
             print(f"{n:>8} {med['list']:>7.2f} {n / med['list']:>8.0f} {prefixes:>8} {worst / 1e6:>9.2f}MB "
                   f"{whole / 1e6:>9.2f}MB {med['nochange']:>10.2f} {figures['nochange']['bytes_read'] / n:>10.0f} "
                   f"{med['content']:>9.2f} {figures['content']['bytes_read'] / n:>10.0f} {ratio:>6.2f}  {growth}",
