@@ -1,6 +1,6 @@
 """How the corpus-size-dependent part of a nightly run grows with N: listing, and deciding what changed.
 
-    python -m bench.scale [--sizes 10000,100000] [--file-bytes 2048] [--quick]
+    python -m bench.scale [--sizes 10000,100000] [--file-bytes 2048] [--repeats 3] [--quick]
 
 A synthetic corpus of N small files (random bytes, ``.jpg`` names, 100 per folder, 10 folders per parent) and a
 synthetic snapshot of it (embeddings rows with random vectors, the content hashes, and the stamps table), so no
@@ -11,8 +11,8 @@ model runs: the figures are of the stages whose cost scales with the corpus, not
     - no-change run: listing + ``SplitRefsBySnapshot`` (carried unread, from size and stamp) — bytes read per image;
     - content run (what every night cost before, and what ``--verify-content`` costs): listing + ``ReadImageBytes``
       + ``SplitBySnapshot`` on content hashes — bytes read per image;
-    the ratio no-change ÷ content run, each timed interleaved (median of 3), FnApiRunner in-process, and a
-    projection to 100M images.
+    the ratio no-change ÷ content run, each timed interleaved (median of ``--repeats``), FnApiRunner in-process;
+    the growth of each per-image cost vs the smallest N (1.00: linear in N), and a projection to 100M images.
 """
 
 from __future__ import annotations
@@ -110,16 +110,22 @@ def peak_listing_memory(root: Path) -> tuple[int, int, int]:
     return worst, whole, len(prefixes)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"  # no prefix at the smallest N: the split listed everything itself
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,50000")
     parser.add_argument("--file-bytes", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (the median is shown)")
     parser.add_argument("--quick", action="store_true", help="sizes 2000,10000")
     args = parser.parse_args()
     sizes = [2000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
     print(f"{'N':>8} {'list s':>7} {'obj/s':>8} {'prefixes':>8} {'peak/worker':>11} {'peak 1-elem':>11} "
-          f"{'nochange s':>10} {'B read/img':>10} {'content s':>9} {'B read/img':>10} {'ratio':>6}")
-    last = None
+          f"{'nochange s':>10} {'B read/img':>10} {'content s':>9} {'B read/img':>10} {'ratio':>6}  growth per "
+          f"image vs N={sizes[0]}: list / peak per worker / nochange")
+    last = first = None
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             root, snap = Path(tmp) / "corpus", Path(tmp) / "snap"
@@ -128,7 +134,7 @@ def main() -> None:
             worst, whole, prefixes = peak_listing_memory(root)
             times: dict[str, list[float]] = {"list": [], "nochange": [], "content": []}
             figures: dict[str, dict[str, float]] = {}
-            for _ in range(3):  # interleaved
+            for _ in range(args.repeats):  # interleaved
                 for mode in times:
                     figures[mode] = run(root, snap, mode)
                     times[mode].append(figures[mode]["seconds"])
@@ -136,9 +142,14 @@ def main() -> None:
             assert figures["nochange"]["carried_unread"] == n and figures["nochange"]["read"] == 0
             assert figures["content"]["carried"] == n and figures["content"]["read"] == n
             ratio = med["nochange"] / med["content"]
+            first = first or (n, med, worst)
+            growth = " / ".join(_ratio(a, b) for a, b in (
+                (med["list"] / n, first[1]["list"] / first[0]), (worst, first[2]),
+                (med["nochange"] / n, first[1]["nochange"] / first[0])))
             print(f"{n:>8} {med['list']:>7.2f} {n / med['list']:>8.0f} {prefixes:>8} {worst / 1e6:>9.2f}MB "
                   f"{whole / 1e6:>9.2f}MB {med['nochange']:>10.2f} {figures['nochange']['bytes_read'] / n:>10.0f} "
-                  f"{med['content']:>9.2f} {figures['content']['bytes_read'] / n:>10.0f} {ratio:>6.2f}")
+                  f"{med['content']:>9.2f} {figures['content']['bytes_read'] / n:>10.0f} {ratio:>6.2f}  {growth}",
+                  flush=True)
             last = (n, med)
             os.sync()
     if last:

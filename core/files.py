@@ -172,25 +172,51 @@ class LineTooLong(ValueError):
 class BoundedLines:
     """The text lines of a binary stream, each at most ``limit`` bytes: a longer line raises ``LineTooLong`` once
     and is skipped, and the next ``next()`` goes on after it (a class, not a generator: a generator that raised is
-    over, while ``csv.reader`` starts a new record after an error). Line 1 loses a UTF-8 BOM; bytes that are not
-    UTF-8 survive as surrogate escapes (a local path listed by ``find`` may hold them). ``number`` is the number
-    of the line last read."""
+    over, while ``csv.reader`` starts a new record after an error). The line at byte 0 loses a UTF-8 BOM; bytes
+    that are not UTF-8 survive as surrogate escapes (a local path listed by ``find`` may hold them). ``number`` is
+    the number of lines read, ``offset`` the byte offset where the last one starts; reading from ``start`` (where
+    ``f`` stands), no line starting at or after ``end`` is read (a byte range of a file split over workers)."""
 
-    def __init__(self, f: BinaryIO, limit: int) -> None:
-        self.f, self.limit, self.number = f, limit, 0
+    def __init__(self, f: BinaryIO, limit: int, start: int = 0, end: int | None = None) -> None:
+        self.f, self.limit, self.number, self.end = f, limit, 0, end
+        self.offset = self.position = start  # where the last line read starts; where the next one does
 
     def __iter__(self) -> BoundedLines:
         return self
 
     def __next__(self) -> str:
+        if self.end is not None and self.position >= self.end:
+            raise StopIteration
         line = self.f.readline(self.limit + 1)
         if not line:
             raise StopIteration
         self.number += 1
+        self.offset = self.position
+        self.position += len(line)
         if len(line) > self.limit and not line.endswith(b"\n"):
-            while (rest := self.f.readline(self.limit)) and not rest.endswith(b"\n"):
-                pass
+            self.skip_line()
             raise LineTooLong(f"longer than {self.limit} bytes")
-        if self.number == 1:
+        if self.offset == 0:
             line = line.removeprefix(codecs.BOM_UTF8)
         return line.decode("utf-8", "surrogateescape")
+
+    def skip_line(self) -> None:
+        """Read on to the start of the next line, ``limit`` bytes at a time."""
+        while rest := self.f.readline(self.limit):
+            self.position += len(rest)
+            if rest.endswith(b"\n"):
+                return
+
+
+def align_to_line(f: BinaryIO, start: int, limit: int) -> int:
+    """Seek ``f`` to the first line that starts at or after byte ``start`` (the line running over ``start``
+    belongs to the byte range before: Beam textio's rule) and return its offset; skipped ``limit`` bytes at a time."""
+    if start == 0:
+        f.seek(0)
+        return 0
+    f.seek(start - 1)
+    if f.read(1) == b"\n":
+        return start
+    lines = BoundedLines(f, limit, start)
+    lines.skip_line()
+    return lines.position

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 from collections.abc import Sequence
 
 import fsspec
@@ -70,3 +71,19 @@ def parquet_files(specs: str | Sequence[str], missing: type[Exception] = FileNot
             raise missing(f"no Parquet files in {spec}")
         urls += [fs.unstrip_protocol(f) if remote else f for f in found]
     return sorted(dict.fromkeys(urls))
+
+
+def glob_root(pattern: str) -> str:
+    """The fixed part of a glob before its first magic component (``a/b/*/c*.jpg`` -> ``a/b``)."""
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return "/".join(parts[:fixed])
+
+
+def relative_to(path: str, root: str) -> str:
+    """``path`` below ``root`` (the id of a listed file); its base name when it is not below it or ``root`` is
+    empty."""
+    if not root:
+        return posixpath.basename(path)
+    prefix = root if root.endswith("/") else root + "/"
+    return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)

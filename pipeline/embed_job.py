@@ -22,6 +22,7 @@ from pipeline.accounting import UNKNOWN, RunCounts
 from pipeline.beam_args import pipeline_options, runner_kind, runs_in_process
 from pipeline.progress_poll import follow
 from transforms.decoding import ALPHA_MODES, DEFAULT_MAX_PIXELS, DecodeImages
+from transforms.duplicates import OnePerIdAcross
 from transforms.embedding import EmbedRegions
 from transforms.incremental import (
     CARRIED,
@@ -167,31 +168,37 @@ def build_pipeline(p: beam.Pipeline, job: EmbedJob, models: Models, *,
         return split["todo"]
 
     if job.regions is not None:
-        regions = split_by_snapshot(p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions))
+        precomputed = p | "PrecomputedRegions" >> ReadPrecomputedRegions(job.regions)
+        failures["Regions"] = precomputed[FAILED]
+        regions = split_by_snapshot(precomputed["regions"])
     else:
         listed = p | "List" >> ListImages(job.inputs)
+        refs = listed["refs"]
+        # -- inputs that hold their images (WebDataset shards, inline-bytes Parquet): transforms.sources; an image_id
+        # both listed and in a source (or in two sources) is resolved to one by the listing's rule, before the
+        # listed files are read --
+        source_bytes = None
+        if any(is_source(spec) for spec in job.inputs):
+            sourced = p | "Sources" >> ReadSources(job.inputs)
+            one = (refs, sourced["bytes"]) | "OnePerId" >> OnePerIdAcross()
+            refs, source_bytes = one["refs"], one["bytes"]
+            failures.update(Sources=sourced[FAILED], Duplicates=one[FAILED])
+            sourced["captions"] | "WriteCaptions" >> WriteRows(f"{job.output.rstrip('/')}/captions/part",
+                                                               CAPTIONS_SCHEMA)
+        # -- end of sources --
         # -- change detection from the listing's metadata: the snapshot's rows of images with its size and stamp
         # are carried unread; every listed image's size and stamp go to stamps/ for the next run --
-        refs = listed["refs"]
+        (refs | "StampRows" >> beam.Map(stamp_row)
+         | "WriteStamps" >> WriteRows(f"{job.output.rstrip('/')}/{STAMPS}/part", STAMPS_SCHEMA))
         if job.previous is not None and not job.verify_content and has_stamps(job.previous):
             pre = refs | "CarryUnread" >> SplitRefsBySnapshot(job.previous, models.model_fingerprint,
                                                               models.detector_fingerprint)
             refs = pre["todo"]
             carried.append(pre[CARRIED])
             unread.append(pre[CARRIED])
-        (listed["refs"] | "StampRows" >> beam.Map(stamp_row)
-         | "WriteStamps" >> WriteRows(f"{job.output.rstrip('/')}/{STAMPS}/part", STAMPS_SCHEMA))
         # -- end of change detection --
         read = refs | "Read" >> beam.ParDo(ReadImageBytes()).with_outputs(FAILED, main="ok")
-        # -- inputs that hold their images (WebDataset shards, inline-bytes Parquet): transforms.sources --
-        images = read.ok
-        if any(is_source(spec) for spec in job.inputs):
-            sourced = p | "Sources" >> ReadSources(job.inputs)
-            images = (read.ok, sourced["bytes"]) | "AllImages" >> beam.Flatten()
-            failures["Sources"] = sourced[FAILED]
-            sourced["captions"] | "WriteCaptions" >> WriteRows(f"{job.output.rstrip('/')}/captions/part",
-                                                               CAPTIONS_SCHEMA)
-        # -- end of sources --
+        images = read.ok if source_bytes is None else (read.ok, source_bytes) | "AllImages" >> beam.Flatten()
         todo = split_by_snapshot(images)
         decoded = (todo | "Decode" >> beam.ParDo(DecodeImages(job.max_pixels, job.alpha))
                    .with_outputs(FAILED, main="ok"))

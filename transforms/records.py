@@ -27,10 +27,14 @@ class ImageRef:
 
 @dataclass
 class ImageBytes:
+    """An image's bytes. ``order`` (input position, position inside it), set by the inputs that carry their images
+    (``transforms.sources``), decides which of several same-id inputs wins, as ``ImageRef.order`` does."""
+
     image_id: str
     uri: str
     data: bytes
     sha256: str
+    order: tuple[int, str] | None = None
 
 
 @dataclass

@@ -12,10 +12,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from encoders.regions.types import Regions
+from transforms.duplicates import KeepFirstPerId
 from transforms.inference import SplitResults
 from transforms.models import DetectorSpec
-from transforms.records import FAILED, DecodedImage, RegionRecord
+from transforms.records import FAILED, DecodedImage, RegionRecord, failure
 from transforms.region_handler import RegionModelHandler
+from transforms.spread import ExpandThenRead
 
 
 class RegionRecords(SplitResults):
@@ -51,30 +53,55 @@ def regions_digest(regions: Any) -> str:
     return h.hexdigest()
 
 
-def read_precomputed(path: str) -> Iterator[RegionRecord]:
-    """Regions Parquet (ours), UNITER image DB or BUTD TSV -> RegionRecord."""
-    from encoders.regions.formats import read_regions
+class ExpandRegionParts(beam.DoFn):
+    """A feature file path -> its parts (``encoders.regions.formats.region_parts``), or one failure row when it
+    cannot be read at all."""
 
-    for image_id, regions, uri in _with_uris(read_regions(path), path):
-        yield RegionRecord(image_id, uri, regions_digest(regions), regions)
+    def process(self, path: str) -> Iterator[Any]:
+        from encoders.regions.formats import region_parts
+
+        try:
+            yield from region_parts(path)
+        except Exception as e:  # not a regions table, an LMDB that does not open, a TSV that is not there
+            yield beam.pvalue.TaggedOutput(FAILED, failure(path, path, "read", "bad_regions",
+                                                           f"{path}: {type(e).__name__}: {e}"))
 
 
-def _with_uris(items: Iterator[Any], path: str) -> Iterator[tuple[str, Any, str]]:
-    for item in items:
-        image_id, regions = item[0], item[1]
-        uri = item[2] if len(item) > 2 and item[2] else f"{path}#{image_id}"
-        yield image_id, regions, uri
+class ReadRegionPart(beam.DoFn):
+    """A part -> (order, RegionRecord) per record, a failure row per bad record (it costs only itself)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path  # the feature file as given: records are named ``<path>#<image_id>``
+
+    def process(self, part: Any) -> Iterator[Any]:
+        from encoders.regions.formats import BadRecord, iter_part_records
+
+        for position, item in enumerate(iter_part_records(part)):
+            if isinstance(item, BadRecord):
+                Metrics.counter("ldot", "failed_read").inc()
+                yield beam.pvalue.TaggedOutput(FAILED, failure(item.image_id, f"{self.path}#{item.image_id}", "read",
+                                                               item.error, item.message))
+                continue
+            image_id, regions = item
+            yield (*part.order, position), RegionRecord(image_id, f"{self.path}#{image_id}",
+                                                        regions_digest(regions), regions)
 
 
 class ReadPrecomputedRegions(beam.PTransform):
-    """Skip decoding and detection: one RegionRecord per record of an existing feature file."""
+    """Skip decoding and detection: one RegionRecord per image_id of an existing feature file (``regions``),
+    failure rows for bad and repeated records (``failed``). The file is cut into parts read by several workers
+    (row groups of a regions table, byte ranges of a BUTD TSV, key ranges of a UNITER DB); of the records of one
+    image_id the first in file order is kept, as one reader would."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (pbegin
-                | "RegionsPath" >> beam.Create([self.path])
-                | "ReadRegions" >> beam.FlatMap(read_precomputed)
-                | "Spread" >> beam.Reshuffle())
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        read = pbegin | "Parts" >> ExpandThenRead([self.path], ExpandRegionParts(), ReadRegionPart(self.path),
+                                                  "records")
+        unique = (read["records"]
+                  | "ById" >> beam.Map(lambda pair: (pair[1].image_id, pair))
+                  | "Group" >> beam.GroupByKey()
+                  | "KeepFirst" >> beam.ParDo(KeepFirstPerId("read")).with_outputs(FAILED, main="regions"))
+        return {"regions": unique.regions, FAILED: (read[FAILED], unique[FAILED]) | "Failures" >> beam.Flatten()}

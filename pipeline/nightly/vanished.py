@@ -9,7 +9,6 @@ Above ``max_vanished_rate`` of the base the run is rejected like the failure-rat
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,10 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.files import is_local, local_path
 from core.paths import absolute, is_url
 from pipeline.nightly.snapshots import WorkDir, read_columns
-from transforms.listing import MANIFEST_EXTENSIONS
+from transforms.listing import is_manifest
 
 TOP = 3      # inputs named in the reason
 LISTED = 10  # inputs listed in the report
@@ -49,7 +47,7 @@ def describe(m: dict[str, Any]) -> str:
 def _input_prefix(spec: str) -> str | None:
     """The uri prefix of the images a folder/glob/file INPUT lists (as the listing writes uris); None for a
     manifest, whose rows may point anywhere."""
-    if spec.lower().endswith(MANIFEST_EXTENSIONS) and not (is_local(spec) and os.path.isdir(local_path(spec))):
+    if is_manifest(spec):
         return None  # the listing's rule
     path = spec if is_url(spec) else str(absolute(spec))  # text only: no filesystem is opened to name an input
     cut = min([path.find(c) for c in "*?[" if c in path], default=-1)

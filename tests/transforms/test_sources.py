@@ -94,7 +94,7 @@ def test_ids_uris_and_captions(corpus):
 
 def test_read_shard_member_over_the_limit_is_not_read(tmp_path):
     write_tar(tmp_path / "s.tar", [("big.jpg", b"\xff" * (len(PNG) + 1)), ("small.png", PNG)])
-    out = list(ReadShard(max_bytes=len(PNG)).process((str(tmp_path / "s.tar"), "s.tar")))
+    out = list(ReadShard(max_bytes=len(PNG)).process((0, str(tmp_path / "s.tar"), "s.tar")))
     images = [o for o in out if isinstance(o, ImageBytes)]
     failed = [o.value for o in out if not isinstance(o, ImageBytes)]
     assert [i.image_id for i in images] == ["s.tar/small"]

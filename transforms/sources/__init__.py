@@ -9,13 +9,10 @@ Which INPUTs are sources (the rest are listed by ``transforms.listing``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
 import apache_beam as beam
 
 from core.files import transportable
-from transforms.records import FAILED, ImageBytes, failure
+from transforms.records import FAILED
 from transforms.sources.inline_parquet import SCHEME, ReadInlineParquet, is_inline_parquet
 from transforms.sources.shards import CAPTIONS_SCHEMA
 from transforms.sources.webdataset import ReadWebDataset, is_source, is_webdataset
@@ -31,24 +28,10 @@ def _for_workers(spec: str) -> str:
     return transportable(spec)
 
 
-class KeepFirstBytes(beam.DoFn):
-    """Of the images sharing an image_id (a key twice in a Parquet file, a shard given twice), the one with the
-    smallest uri wins, the others are ``duplicate_id`` failure rows."""
-
-    def process(self, element: tuple[str, Iterable[ImageBytes]]) -> Iterator[Any]:
-        _, items = element
-        items = list(items)  # one image, or the few sharing its id
-        winner = min(range(len(items)), key=lambda i: items[i].uri)
-        yield items[winner]
-        for i, item in enumerate(items):
-            if i != winner:
-                yield beam.pvalue.TaggedOutput(FAILED, failure(item.image_id, item.uri, "list", "duplicate_id",
-                                                               f"image_id already taken by {items[winner].uri}"))
-
-
 class ReadSources(beam.PTransform):
-    """INPUT specs -> ``bytes`` (ImageBytes), ``captions`` (rows of the caption/metadata kept beside an image)
-    and ``failed`` rows; specs that are not sources are ignored (the listing takes them)."""
+    """INPUT specs -> ``bytes`` (ImageBytes, each with its ``order``), ``captions`` (rows of the caption/metadata
+    kept beside an image) and ``failed`` rows; specs that are not sources are ignored (the listing takes them).
+    An image_id met twice is left to ``OnePerIdAcross``, which resolves it together with the listed files."""
 
     def __init__(self, inputs: list[str]) -> None:
         super().__init__()
@@ -59,10 +42,5 @@ class ReadSources(beam.PTransform):
         tables = [(i, _for_workers(s)) for i, s in enumerate(self.inputs) if is_inline_parquet(s)]
         wds = pbegin | "WebDataset" >> ReadWebDataset(shards)
         ipq = pbegin | "InlineParquet" >> ReadInlineParquet(tables)
-        unique = ((wds["bytes"], ipq["bytes"])
-                  | "AllBytes" >> beam.Flatten()
-                  | "ById" >> beam.Map(lambda b: (b.image_id, b))
-                  | "Group" >> beam.GroupByKey()
-                  | "KeepFirst" >> beam.ParDo(KeepFirstBytes()).with_outputs(FAILED, main="bytes"))
-        return {"bytes": unique.bytes, "captions": wds["captions"],
-                FAILED: (wds[FAILED], ipq[FAILED], unique[FAILED]) | "SourceFailures" >> beam.Flatten()}
+        return {"bytes": (wds["bytes"], ipq["bytes"]) | "AllBytes" >> beam.Flatten(), "captions": wds["captions"],
+                FAILED: (wds[FAILED], ipq[FAILED]) | "SourceFailures" >> beam.Flatten()}

@@ -23,6 +23,7 @@ from core.files import printable_id
 from transforms.reading import DEFAULT_MAX_BYTES
 from transforms.records import FAILED, ImageBytes
 from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.spread import ExpandThenRead
 
 SCHEME = "parquet+bytes://"
 BATCH_ROWS = 256  # rows of inline images per batch: ~50 MB at img2dataset's ~200 KB per image
@@ -51,10 +52,11 @@ def parse_spec(spec: str) -> tuple[str, Columns]:
 
 
 class ExpandRowGroups(beam.DoFn):
-    """(index, spec) -> (file uri, file name, row group, first row number, columns) per row group, or failures."""
+    """(index, spec) -> (index, file uri, file name, row group, first row number, columns) per row group, or
+    failures."""
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
-        _, spec = element
+        index, spec = element
         try:
             path, columns = parse_spec(spec)
             items = list(expand_files(path))
@@ -84,7 +86,7 @@ class ExpandRowGroups(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(FAILED, source_failure(name, uri, "no_images", f"{uri}: no rows"))
             first = 0
             for group, rows in enumerate(groups):
-                yield uri, name, group, first, columns
+                yield index, uri, name, group, first, columns
                 first += rows
 
 
@@ -98,8 +100,8 @@ class ReadRowGroup(beam.DoFn):
         self.bytes_read = Metrics.counter("ldot", "bytes_read")
         self.listed = Metrics.counter("ldot", "listed")  # each sample/row is an input, as a listed file is
 
-    def process(self, element: tuple[str, str, int, int, Columns]) -> Iterator[Any]:
-        uri, name, group, first, columns = element
+    def process(self, element: tuple[int, str, str, int, int, Columns]) -> Iterator[Any]:
+        index, uri, name, group, first, columns = element
         number = first
         try:
             with open_input(uri) as f:
@@ -109,7 +111,7 @@ class ReadRowGroup(beam.DoFn):
                 total = pf.metadata.row_group(group).num_rows
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=wanted):
                     for row in batch.to_pylist():
-                        yield self._row(row, uri, name, number, columns, columns.id in names)
+                        yield self._row(row, index, uri, name, number, columns, columns.id in names)
                         number += 1
         except Exception as e:  # a corrupt page: the rest of the row group is unreadable
             self.failed.inc()
@@ -118,7 +120,8 @@ class ReadRowGroup(beam.DoFn):
                 f"{name}/row-group-{group}", uri, "bad_manifest",
                 f"{uri} row group {group} unreadable from row {number} ({first + total - number} rows lost): {e}"))
 
-    def _row(self, row: dict[str, Any], uri: str, name: str, number: int, columns: Columns, has_id: bool) -> Any:
+    def _row(self, row: dict[str, Any], index: int, uri: str, name: str, number: int, columns: Columns,
+             has_id: bool) -> Any:
         key = row.get(columns.id) if has_id else f"{number}"
         url = row.get(columns.url)
         row_uri = url if isinstance(url, str) and url else f"{uri}#row={number}"
@@ -137,7 +140,7 @@ class ReadRowGroup(beam.DoFn):
         self.ok.inc()
         self.listed.inc()
         self.bytes_read.inc(len(data))
-        return ImageBytes(image_id, row_uri, data, hashlib.sha256(data).hexdigest())
+        return ImageBytes(image_id, row_uri, data, hashlib.sha256(data).hexdigest(), (index, f"{uri}#{number:012d}"))
 
     def _fail(self, image_id: str, uri: str, kind: str, message: str) -> beam.pvalue.TaggedOutput:
         self.failed.inc()
@@ -146,19 +149,8 @@ class ReadRowGroup(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILED, source_failure(image_id, uri, kind, message))
 
 
-class ReadInlineParquet(beam.PTransform):
+class ReadInlineParquet(ExpandThenRead):
     """(index, spec) pairs -> {"bytes", "failed"}, one worker element per row group."""
 
     def __init__(self, specs: list[tuple[int, str]], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__()
-        self.specs = specs
-        self.max_bytes = max_bytes
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        groups = (pbegin
-                  | "Specs" >> beam.Create(self.specs)
-                  | "Expand" >> beam.ParDo(ExpandRowGroups()).with_outputs(FAILED, main="groups"))
-        read = (groups.groups
-                | "Spread" >> beam.Reshuffle()
-                | "ReadRowGroups" >> beam.ParDo(ReadRowGroup(self.max_bytes)).with_outputs(FAILED, main="bytes"))
-        return {"bytes": read.bytes, FAILED: (groups[FAILED], read[FAILED]) | "Failures" >> beam.Flatten()}
+        super().__init__(specs, ExpandRowGroups(), ReadRowGroup(max_bytes), "bytes")

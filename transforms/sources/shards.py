@@ -12,6 +12,7 @@ import fsspec
 import pyarrow as pa
 
 from core.files import is_local, local_path, local_uri, open_regular, printable_id
+from core.paths import glob_root, relative_to
 from transforms.records import failure
 
 CAPTIONS_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string()),
@@ -37,20 +38,9 @@ def expand_files(spec: str) -> Iterator[tuple[str, str] | dict[str, Any]]:
     if not uris:
         yield source_failure(spec, spec, "no_match", f"{spec}: the pattern matches no file")
         return
-    root = _glob_root(path) if glob.has_magic(path) else posixpath.dirname(path)
+    root = glob_root(path) if glob.has_magic(path) else posixpath.dirname(path)
     for match, uri in uris:
-        yield uri, printable_id(_relative(match, root))
-
-
-def _glob_root(pattern: str) -> str:
-    parts = pattern.split("/")
-    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    return "/".join(parts[:fixed])
-
-
-def _relative(path: str, root: str) -> str:
-    prefix = root.rstrip("/") + "/" if root else ""
-    return path[len(prefix):] if prefix and path.startswith(prefix) else posixpath.basename(path)
+        yield uri, printable_id(relative_to(match, root))
 
 
 def open_input(uri: str) -> Any:

@@ -23,6 +23,7 @@ from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.reading import DEFAULT_MAX_BYTES
 from transforms.records import FAILED, ImageBytes
 from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.spread import ExpandThenRead
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 CAPTION_EXTENSIONS = (".txt", ".caption")
@@ -59,7 +60,7 @@ class _Sample:
 
 
 class ReadShard(beam.DoFn):
-    """(shard uri, shard name) -> ImageBytes (main), caption rows (``captions``), failure rows (``failed``)."""
+    """(input position, shard uri, shard name) -> ImageBytes (main), caption rows (``captions``), failure rows."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -68,8 +69,8 @@ class ReadShard(beam.DoFn):
         self.bytes_read = Metrics.counter("ldot", "bytes_read")
         self.listed = Metrics.counter("ldot", "listed")  # each sample/row is an input, as a listed file is
 
-    def process(self, element: tuple[str, str]) -> Iterator[Any]:
-        uri, name = element
+    def process(self, element: tuple[int, str, str]) -> Iterator[Any]:
+        index, uri, name = element
         seen: set[str] = set()  # keys of this shard: one shard's worth of names, not the corpus's
         sample: _Sample | None = None
         try:
@@ -80,7 +81,7 @@ class ReadShard(beam.DoFn):
                     key, field = split_key(member.name)
                     if sample is None or key != sample.key:
                         if sample is not None and not sample.duplicate:
-                            yield from self._flush(sample, uri, name)
+                            yield from self._flush(sample, index, uri, name)
                         if key in seen:
                             yield self._fail(name, key, uri, "duplicate_id",
                                              f"key {key!r} appears again further on in the shard: kept the first")
@@ -101,7 +102,7 @@ class ReadShard(beam.DoFn):
                              f"{type(e).__name__}: {e}")
             return
         if sample is not None and not sample.duplicate:
-            yield from self._flush(sample, uri, name)
+            yield from self._flush(sample, index, uri, name)
         if not seen:
             yield self._fail(name, "", uri, "no_images", f"{uri}: a shard without members")
 
@@ -132,7 +133,7 @@ class ReadShard(beam.DoFn):
         else:
             sample.metadata = data.decode("utf-8", "replace")
 
-    def _flush(self, sample: _Sample, uri: str, name: str) -> Iterator[Any]:
+    def _flush(self, sample: _Sample, index: int, uri: str, name: str) -> Iterator[Any]:
         image_id = printable_id(f"{name}/{sample.key}")
         if sample.image is None:
             if not any(m.lower().endswith(IMAGE_EXTENSIONS) for m in sample.members):
@@ -148,7 +149,7 @@ class ReadShard(beam.DoFn):
         self.listed.inc()
         self.bytes_read.inc(len(data))
         member_uri = f"{uri}#{printable_id(member)}"
-        yield ImageBytes(image_id, member_uri, data, hashlib.sha256(data).hexdigest())
+        yield ImageBytes(image_id, member_uri, data, hashlib.sha256(data).hexdigest(), (index, member_uri))
         if sample.caption is not None or sample.metadata is not None:
             yield beam.pvalue.TaggedOutput("captions", {"image_id": image_id, "uri": member_uri,
                                                         "caption": sample.caption, "metadata": sample.metadata})
@@ -162,31 +163,19 @@ class ReadShard(beam.DoFn):
 
 
 class ExpandShards(beam.DoFn):
-    """(index, spec) -> (shard uri, shard name) per shard, or a failure row."""
+    """(index, spec) -> (index, shard uri, shard name) per shard, or a failure row."""
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
-        _, spec = element
+        index, spec = element
         try:
             for item in expand_files(spec):
-                yield beam.pvalue.TaggedOutput(FAILED, item) if isinstance(item, dict) else item
+                yield beam.pvalue.TaggedOutput(FAILED, item) if isinstance(item, dict) else (index, *item)
         except Exception as e:  # an unreachable bucket
             yield beam.pvalue.TaggedOutput(FAILED, source_failure(spec, spec, "list_error", f"{type(e).__name__}: {e}"))
 
 
-class ReadWebDataset(beam.PTransform):
+class ReadWebDataset(ExpandThenRead):
     """(index, spec) pairs -> {"bytes", "captions", "failed"}, one worker element per shard."""
 
     def __init__(self, specs: list[tuple[int, str]], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__()
-        self.specs = specs
-        self.max_bytes = max_bytes
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        shards = (pbegin
-                  | "Specs" >> beam.Create(self.specs)
-                  | "Expand" >> beam.ParDo(ExpandShards()).with_outputs(FAILED, main="shards"))
-        read = (shards.shards
-                | "Spread" >> beam.Reshuffle()
-                | "ReadShards" >> beam.ParDo(ReadShard(self.max_bytes)).with_outputs(FAILED, "captions", main="bytes"))
-        failed = (shards[FAILED], read[FAILED]) | "Failures" >> beam.Flatten()
-        return {"bytes": read.bytes, "captions": read.captions, FAILED: failed}
+        super().__init__(specs, ExpandShards(), ReadShard(max_bytes), "bytes", ("captions",))

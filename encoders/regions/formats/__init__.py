@@ -1,12 +1,16 @@
 """Region-feature files: the regions Parquet table, UNITER image DBs (LMDB) and BUTD TSV files.
 
 :func:`read_regions` reads any of them and yields ``(image_id, Regions)``; it needs no torch or detectron2.
+:func:`region_parts` cuts one into parts that workers read with :func:`iter_part_records` (row groups of a
+regions table, byte ranges of a TSV, key ranges of a UNITER DB).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.files import open_regular
 from encoders.regions.formats.bad_records import BadRecord, RegionItem, first_per_id, strict
@@ -23,12 +27,15 @@ from encoders.regions.types import Regions
 __all__ = [
     "REGIONS_SCHEMA",
     "BadRecord",
+    "RegionPart",
     "Regions",
     "RegionsWriter",
     "detect_format",
+    "iter_part_records",
     "iter_region_records",
     "read_regions",
     "read_regions_parquet",
+    "region_parts",
     "regions_to_row",
     "row_to_regions",
 ]
@@ -90,3 +97,61 @@ def _records(path: str | Path, **kwargs) -> Iterator[RegionItem]:
     from encoders.regions.formats.butd_tsv import iter_butd_tsv
 
     return iter_butd_tsv(str(path), **kwargs)
+
+
+@dataclass(frozen=True)
+class RegionPart:
+    """A part of a feature file, read by one worker. ``span``: regions table ``(first row group, end row group,
+    rows before)`` of ``path`` (one file of the table); TSV ``(start byte, end byte or None)``; UNITER DB
+    ``(low key or None, high key or None)``. ``options``: the reader's keyword arguments."""
+
+    fmt: str
+    path: str
+    span: tuple[Any, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def order(self) -> tuple[str, Any]:
+        """Sorts the parts of one feature file in file order (which record of a repeated id comes first)."""
+        return self.path, self.span[0] if self.span[0] is not None else b""
+
+
+def region_parts(path: str | Path, **kwargs) -> Iterator[RegionPart]:
+    """The parts of a regions table file/directory, UNITER image DB or BUTD TSV; a file that cannot be opened (or
+    is not of its format) raises. Keyword arguments as for :func:`iter_region_records`."""
+    fmt = detect_format(path)
+    local = str(path).removeprefix("file://")
+    options = tuple(sorted(kwargs.items()))
+    if fmt == "parquet":
+        from encoders.regions.formats.regions_table import regions_parquet_parts
+
+        for file, *span in regions_parquet_parts(local, **kwargs):
+            yield RegionPart(fmt, file, tuple(span))
+    elif fmt == "uniter":
+        from encoders.regions.formats.uniter_lmdb import UniterImageDB
+
+        with UniterImageDB(local, **kwargs) as db:
+            for span in db.key_ranges():
+                yield RegionPart(fmt, local, span, options)
+    else:
+        from encoders.regions.formats.butd_tsv import butd_tsv_ranges
+
+        for span in butd_tsv_ranges(str(path)):
+            yield RegionPart(fmt, str(path), span)
+
+
+def iter_part_records(part: RegionPart) -> Iterator[RegionItem]:
+    """The records of one part, in file order; a bad record is a ``BadRecord`` and reading goes on."""
+    if part.fmt == "parquet":
+        from encoders.regions.formats.regions_table import iter_regions_row_groups
+
+        yield from iter_regions_row_groups(part.path, *part.span)
+    elif part.fmt == "uniter":
+        from encoders.regions.formats.uniter_lmdb import UniterImageDB
+
+        with UniterImageDB(part.path, **dict(part.options)) as db:
+            yield from db.records(*part.span)
+    else:
+        from encoders.regions.formats.butd_tsv import iter_butd_tsv
+
+        yield from iter_butd_tsv(part.path, *part.span)

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from core.files import BoundedLines, LineTooLong, is_local, local_path, open_regular, printable_id
+from core.files import BoundedLines, LineTooLong, align_to_line, is_local, local_path, open_regular, printable_id
 from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
@@ -84,12 +84,32 @@ def _open_binary(path: str) -> BinaryIO:
     return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
 
 
-def iter_butd_tsv(path: str | Path) -> Iterator[RegionItem]:
-    """``(image_id, Regions)`` per line of a BUTD TSV file (local path or fsspec URL, ``.gz`` ok); a line that
-    cannot be parsed (or is over ``MAX_LINE_BYTES``) is a ``BadRecord`` naming its line, and reading goes on."""
+SPLIT_BYTES = 64 << 20  # a TSV is read in byte ranges of this size by workers (~150 images of 36 boxes)
+
+
+def butd_tsv_ranges(path: str | Path, split_bytes: int | None = None) -> list[tuple[int, int | None]]:
+    """The byte ranges ``[start, end)`` (of ``SPLIT_BYTES`` by default) a TSV is read in, each by a worker; a ``.gz``
+    file is one (it cannot seek)."""
+    path, split_bytes = str(path), split_bytes or SPLIT_BYTES
+    if path.endswith(".gz"):
+        return [(0, None)]
+    with _open_binary(path) as f:
+        size = f.seek(0, 2)
+    return [(start, min(size, start + split_bytes)) for start in range(0, size, max(1, split_bytes))]
+
+
+def iter_butd_tsv(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[RegionItem]:
+    """``(image_id, Regions)`` per line of a BUTD TSV file (local path or fsspec URL, ``.gz`` ok) that starts in
+    bytes ``[start, end)``; a line that cannot be parsed (or is over ``MAX_LINE_BYTES``) is a ``BadRecord`` naming
+    its line (``FILE:LINE``; in a range after the first, where line numbers are not known, the byte offset the line
+    starts at: ``FILE:byte-OFFSET``), and reading goes on."""
     csv.field_size_limit(sys.maxsize)  # lines are bounded by BoundedLines instead
     with _open_binary(str(path)) as f:
-        lines = BoundedLines(f, MAX_LINE_BYTES)
+        lines = BoundedLines(f, MAX_LINE_BYTES, align_to_line(f, start, MAX_LINE_BYTES), end)
+
+        def where() -> str:
+            return f"{path}:{lines.number}" if start == 0 else f"{path}:byte-{lines.offset}"
+
         reader = csv.reader(lines, delimiter="\t")
         while True:
             try:
@@ -97,17 +117,17 @@ def iter_butd_tsv(path: str | Path) -> Iterator[RegionItem]:
             except StopIteration:
                 return
             except (LineTooLong, csv.Error) as exc:
-                yield BadRecord(f"{path}:{lines.number}", BAD_RECORD, f"{path}:{lines.number}: {exc}")
+                yield BadRecord(where(), BAD_RECORD, f"{where()}: {exc}")
                 continue
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
-            if lines.number == 1 and fields[0] in ("image_id", "img_id"):
+            if start == 0 and lines.number == 1 and fields[0] in ("image_id", "img_id"):
                 continue  # a header line
             try:
                 image_id, regions = parse_row(fields)
             except Exception as exc:  # ValueError, binascii.Error, OverflowError, MemoryError of a bad count...
-                name = printable_id(fields[0]) if fields[0].strip() else f"{path}:{lines.number}"
-                yield BadRecord(name, BAD_RECORD, f"{path}:{lines.number}: {type(exc).__name__}: {exc}")
+                name = printable_id(fields[0]) if fields[0].strip() else where()
+                yield BadRecord(name, BAD_RECORD, f"{where()}: {type(exc).__name__}: {exc}")
                 continue
             yield printable_id(image_id), regions
 

@@ -153,31 +153,59 @@ class RegionsWriter:
         self.close()
 
 
+PART_ROWS = 256  # rows of a regions table read by one worker (row groups are single rows: see ROW_GROUP_ROWS)
+REGIONS_COLUMNS = {"image_id", "num_boxes", "features", "norm_bb", "boxes", "conf", "width", "height"}
+
+
+def regions_parquet_parts(path: str | Path, part_rows: int | None = None) -> Iterator[tuple[str, int, int, int]]:
+    """``(file, first row group, end row group, rows before it)`` per run of row groups of about ``part_rows``
+    (``PART_ROWS``) rows, for a file or a directory of parts: each read by a worker. A file that is not a regions
+    table raises."""
+    import fsspec
+
+    part_rows = part_rows or PART_ROWS
+    for file in parquet_files(str(path)):
+        with fsspec.open(file, "rb") as f:
+            pf = pq.ParquetFile(f)
+            missing = REGIONS_COLUMNS - set(pf.schema_arrow.names)
+            if missing:
+                raise ValueError(f"{file}: not a regions table (missing columns {sorted(missing)})")
+            first_group, first_row, rows = 0, 0, 0
+            for group in range(pf.num_row_groups):
+                rows += pf.metadata.row_group(group).num_rows
+                if rows - first_row >= part_rows or group == pf.num_row_groups - 1:
+                    yield file, first_group, group + 1, first_row
+                    first_group, first_row = group + 1, rows
+
+
+def iter_regions_row_groups(file: str, first_group: int, end_group: int, first_row: int = 0,
+                            batch_rows: int = 64) -> Iterator[RegionItem]:
+    """The records of row groups ``[first_group, end_group)`` of one regions table file; ``first_row``: the rows
+    before them (records are named by row number)."""
+    import fsspec
+
+    with fsspec.open(file, "rb") as f:
+        pf = pq.ParquetFile(f)
+        start = first_row
+        for group in range(first_group, end_group):
+            row_number = start
+            try:
+                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                    for row in batch_rows_of(batch):
+                        row_number += 1
+                        yield _row_item(row, f"{file} row {row_number}")
+            except Exception as exc:  # a corrupt page: the rest of this row group is lost, and said so
+                yield BadRecord(f"{file}:row-group-{group}", BAD_RECORD,
+                                f"{file} row group {group} unreadable after row {row_number}: {exc}")
+            start += pf.metadata.row_group(group).num_rows
+
+
 def iter_regions_parquet(path: str | Path, batch_rows: int = 64) -> Iterator[RegionItem]:
     """``(image_id, Regions)`` from a regions table file or a directory of parts (sorted by name), one row group
     at a time; a row that does not make Regions, or a row group that cannot be read, is a ``BadRecord`` and
     reading goes on. (A file that is not a regions table is an error.)"""
-    import fsspec
-
-    for file in parquet_files(str(path)):
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = set(pf.schema_arrow.names)
-            missing = {"image_id", "num_boxes", "features", "norm_bb", "boxes", "conf", "width", "height"} - names
-            if missing:
-                raise ValueError(f"{file}: not a regions table (missing columns {sorted(missing)})")
-            start = 0
-            for group in range(pf.num_row_groups):
-                row_number = start
-                try:
-                    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
-                        for row in batch_rows_of(batch):
-                            row_number += 1
-                            yield _row_item(row, f"{file} row {row_number}")
-                except Exception as exc:  # a corrupt page: the rest of this row group is lost, and said so
-                    yield BadRecord(f"{file}:row-group-{group}", BAD_RECORD,
-                                    f"{file} row group {group} unreadable after row {row_number}: {exc}")
-                start += pf.metadata.row_group(group).num_rows
+    for file, first_group, end_group, first_row in regions_parquet_parts(path):
+        yield from iter_regions_row_groups(file, first_group, end_group, first_row, batch_rows)
 
 
 def batch_rows_of(batch: pa.RecordBatch | pa.Table) -> Iterator[dict]:

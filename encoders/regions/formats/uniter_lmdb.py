@@ -28,6 +28,8 @@ from encoders.regions.formats._msgpack import unpackb
 from encoders.regions.formats.bad_records import BAD_RECORD, BadRecord, RegionItem, strict
 from encoders.regions.types import Regions
 
+KEYS_PER_RANGE = 1000  # records per key range read by one worker (~100 MB of UNITER's fp16 features)
+
 
 def compute_num_bb(conf: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:
     """UNITER's ``compute_num_bb``: ``min(max_bb, max(min_bb, #(conf > conf_th)))``."""
@@ -129,9 +131,28 @@ class UniterImageDB:
             value = txn.get(name.encode("utf-8"))
         return None if value is None or name == "__keys__" else self._regions(name, bytes(value))
 
-    def records(self) -> Iterator[RegionItem]:
+    def key_ranges(self, keys_per_range: int | None = None) -> Iterator[tuple[bytes | None, bytes | None]]:
+        """``[low, high)`` key ranges of ``keys_per_range`` (``KEYS_PER_RANGE``) keys each (``None``: open-ended),
+        for ``records`` on several workers. Walks the keys only: LMDB keeps large values on overflow pages, so this
+        reads the B-tree's leaves, not the features."""
+        keys_per_range = keys_per_range or KEYS_PER_RANGE
+        low: bytes | None = None
         with self._env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
+            for count, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
+                if count and count % keys_per_range == 0:
+                    yield low, bytes(key)
+                    low = bytes(key)
+        yield low, None
+
+    def records(self, low: bytes | None = None, high: bytes | None = None) -> Iterator[RegionItem]:
+        """The records with keys in ``[low, high)`` (default: all), in key order."""
+        with self._env.begin(buffers=False) as txn:
+            cursor = txn.cursor()
+            if not (cursor.first() if low is None else cursor.set_range(low)):
+                return
+            for key, value in cursor:
+                if high is not None and bytes(key) >= high:
+                    return
                 name = printable_id(bytes(key).decode("utf-8", "surrogateescape"))
                 if name == "__keys__":
                     continue
