@@ -165,7 +165,9 @@ class EmbeddingSource:
 
 # Rows decoded at a time. Arrow's Parquet reader holds about four batches' worth of decoded values while it
 # yields one (pool high-water 9 / 26 / 69 MB at 1,024 / 4,096 / 16,384 rows of 384-d, measured), so the batch
-# bounds the reading memory; 2,048 rows of 768-d are 6 MB.
+# bounds the reading memory; 2,048 rows of 768-d are 6 MB. Decoded on the calling thread (``use_threads=False``):
+# Arrow's decode threads each grow an allocator heap of their own; the shard stage of a 20k x 384 build peaked
+# 13 MB lower without them (measured), and a batch's columns are too small to gain from parallel decoding.
 UNIT_BATCH = 2_048
 
 
@@ -175,7 +177,8 @@ def iter_unit_batches(unit: WorkUnit, columns: Sequence[str],
     (Arrow, float32, a shard's selection): with 65,536 rows of 768-d the shard stage of a 50k build peaked 440 MB
     above the trained index, with 8,192 144 MB (measured, build_index in-process)."""
     pf = _open(unit.url)
-    yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns))
+    yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns),
+                               use_threads=False)
 
 
 def vectors(column: pa.Array | pa.ChunkedArray, dim: int | None = None, where: str = "") -> np.ndarray:
@@ -234,7 +237,8 @@ def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] 
                 mine = np.nonzero(groups == g)[0]
                 sel = local[mine] - offsets[g]
                 first = 0
-                for batch in pf.iter_batches(batch_size=READ_BATCH, row_groups=[int(g)], columns=list(columns)):
+                for batch in pf.iter_batches(batch_size=READ_BATCH, row_groups=[int(g)], columns=list(columns),
+                                             use_threads=False):
                     inside = (sel >= first) & (sel < first + batch.num_rows)
                     picked = sel[inside] - first
                     first += batch.num_rows
