@@ -19,8 +19,8 @@ No refine stage (``RFlat``/``Refine(SQ8)``): ``IndexRefine`` takes no explicit i
 fit: on MiniLM 20k x 384 at 176 B/vector a flat or SQ8 refine is over budget by itself (1,536 / 384 B), and
 ``IVF512,PQ64x4fs,Refine(PQ96np)`` serializes to 209 B/vector (two codebooks) for recall 0.853 at 0.12 ms
 (nprobe 64, k_factor 8) against ``IVF512,PQ96np``'s 0.855 at 0.16 ms in 163 B/vector (measured, one thread).
-The HNSW coarse quantizer is
-added by the rule in ``index.factory`` (nlist >= 2^15), where a sample is too small to measure it.
+The HNSW coarse quantizer is added by the rule in ``index.factory`` (nlist >= 2^15), where a sample is too small
+to measure it.
 
 Bytes per vector: ``faiss.contrib.factory_tools.get_code_size`` + 8 bytes of id in the inverted lists; fast-scan
 lists are padded to blocks of 32 codes. Fixed bytes: coarse centroids, transform matrix, codebooks. The chooser
