@@ -47,7 +47,7 @@ from index.candidates import Candidate, candidates_for
 from index.errors import FactoryError
 from index.factory import FLAT_MAX, ID_BYTES, MIN_POINTS_PER_LIST, PQ_MIN_TRAIN, FactoryChoice, fmt_bytes, nlist_for
 from index.operating_points import RECALL_TOLERANCE, OperatingPoint, pick, sweep
-from index.train import blas_distances, faiss_threads
+from index.train import Sample, blas_distances, faiss_threads
 
 log = logging.getLogger(__name__)
 
@@ -377,9 +377,11 @@ def _choose(sample: np.ndarray, queries: np.ndarray, *, n_full: int, max_memory:
 
 
 def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, train_per_list: int = 64,
-                      metric: str = "ip", seed: int = 0, echo: Callable[[str], None] | None = None) -> Choice:
+                      metric: str = "ip", seed: int = 0,
+                      echo: Callable[[str], None] | None = None) -> tuple[Choice, Sample]:
     """``choose`` on a seeded random sample of an ``EmbeddingSource`` (rows shuffled: a candidate trains on a
-    prefix), with held-out queries drawn with it."""
+    prefix), with held-out queries drawn with it. Returns the sample too: the final training reuses it
+    (``index.train.training_sample``) rather than reading a second one."""
     from index.source import read_rows
     from index.train import draw_rows
 
@@ -387,7 +389,9 @@ def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, tr
     rows, query_rows = draw_rows(source.rows, sample_size(source.rows), CHOOSER_QUERIES, seed + 1)
     say(f"auto: measuring candidates on {len(rows):,} sampled rows, {len(query_rows)} held-out queries")
     # read in shuffled order (read_rows returns rows in the order asked): no shuffled copy of the sample
-    sample = read_rows(source, rows[np.random.default_rng(seed).permutation(len(rows))], ("embedding",))["embedding"]
+    rows = rows[np.random.default_rng(seed).permutation(len(rows))]
+    sample = Sample(rows, read_rows(source, rows, ("embedding",))["embedding"])
     queries = read_rows(source, query_rows, ("embedding",))["embedding"]
-    return choose(sample, queries, n_full=source.rows, max_memory=max_memory, max_query_ms=max_query_ms,
-                  train_per_list=train_per_list, metric=metric, seed=seed, echo=say)
+    choice = choose(sample.vectors, queries, n_full=source.rows, max_memory=max_memory, max_query_ms=max_query_ms,
+                    train_per_list=train_per_list, metric=metric, seed=seed, echo=say)
+    return choice, sample

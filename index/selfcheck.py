@@ -44,9 +44,10 @@ def keeps_max(metric: str) -> bool:
 
 
 def exact_topk(unit: WorkUnit, queries: np.ndarray, k: int, dim: int, metric: str = "ip",
-               block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+               block: int = 4_096) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against one unit's rows, read block by block: (scores [Q,k], faiss ids [Q,k]);
-    fewer than k rows pad with id -1."""
+    fewer than k rows pad with id -1. A block is held about five times over (Arrow's reader holds ~4, see
+    ``index.source.UNIT_BATCH``; the flat index ``knn_ground_truth`` copies it): 16,384 rows of 384-d are ~125 MB."""
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     block_ids: list[np.ndarray] = []

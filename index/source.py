@@ -51,9 +51,16 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
     return parquet_files(inputs, missing=EmbeddingsError)
 
 
+# Column chunks are read through a buffer of this size, page by page. Unbuffered (pyarrow's default) a reader
+# holds a whole column chunk before decoding it: 31 MB for a 20k x 384 row group, and reading a 19.5k-row sample
+# of it raised the peak by 94 MB for a 30 MB result (measured; 1 MiB buffered: 84 MB, with the allocator
+# returning the rest between build stages, ``index.memory``).
+READ_BUFFER = 1 << 20
+
+
 def _open(url: str) -> pq.ParquetFile:
     fs, path = storage.fs_path(url)
-    return pq.ParquetFile(fs.open(path, "rb"))
+    return pq.ParquetFile(fs.open(path, "rb"), buffer_size=READ_BUFFER, pre_buffer=False)
 
 
 def embedding_dim(field: pa.Field) -> int | None:
@@ -156,12 +163,22 @@ class EmbeddingSource:
         return [{"path": f.url, "rows": f.rows, "bytes": f.size, "modified": f.modified} for f in self.files]
 
 
-def iter_unit_batches(unit: WorkUnit, columns: Sequence[str], batch_size: int = 8_192) -> Iterator[pa.RecordBatch]:
-    """A unit's rows in batches. 8,192 rows: a batch is held about three times over while it is encoded (Arrow,
-    float32, a shard's selection); with 65,536 rows of 768-d the shard stage of a 50k build peaked 440 MB above
-    the trained index, with 8,192 144 MB (measured, build_index in-process)."""
+# Rows decoded at a time. Arrow's Parquet reader holds about four batches' worth of decoded values while it
+# yields one (pool high-water 9 / 26 / 69 MB at 1,024 / 4,096 / 16,384 rows of 384-d, measured), so the batch
+# bounds the reading memory; 2,048 rows of 768-d are 6 MB. Decoded on the calling thread (``use_threads=False``):
+# Arrow's decode threads each grow an allocator heap of their own; the shard stage of a 20k x 384 build peaked
+# 13 MB lower without them (measured), and a batch's columns are too small to gain from parallel decoding.
+UNIT_BATCH = 2_048
+
+
+def iter_unit_batches(unit: WorkUnit, columns: Sequence[str],
+                      batch_size: int = UNIT_BATCH) -> Iterator[pa.RecordBatch]:
+    """A unit's rows in batches (``UNIT_BATCH``). A batch is held about three times over while it is encoded
+    (Arrow, float32, a shard's selection): with 65,536 rows of 768-d the shard stage of a 50k build peaked 440 MB
+    above the trained index, with 8,192 144 MB (measured, build_index in-process)."""
     pf = _open(unit.url)
-    yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns))
+    yield from pf.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups), columns=list(columns),
+                               use_threads=False)
 
 
 def vectors(column: pa.Array | pa.ChunkedArray, dim: int | None = None, where: str = "") -> np.ndarray:
@@ -195,7 +212,7 @@ def vectors(column: pa.Array | pa.ChunkedArray, dim: int | None = None, where: s
     return arr
 
 
-READ_BATCH = 4096  # rows decoded at a time by ``read_rows``
+READ_BATCH = 1_024  # rows decoded at a time by ``read_rows`` (a sample's reading transient: see ``UNIT_BATCH``)
 
 
 def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] = ("embedding",)) -> dict[str, Any]:
@@ -220,7 +237,8 @@ def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] 
                 mine = np.nonzero(groups == g)[0]
                 sel = local[mine] - offsets[g]
                 first = 0
-                for batch in pf.iter_batches(batch_size=READ_BATCH, row_groups=[int(g)], columns=list(columns)):
+                for batch in pf.iter_batches(batch_size=READ_BATCH, row_groups=[int(g)], columns=list(columns),
+                                             use_threads=False):
                     inside = (sel >= first) & (sel < first + batch.num_rows)
                     picked = sel[inside] - first
                     first += batch.num_rows

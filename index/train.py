@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -30,6 +31,31 @@ def draw_rows(n_total: int, n_train: int, n_queries: int, seed: int) -> tuple[np
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n_total, size=n_train + n_queries, replace=False)
     return np.sort(chosen[:n_train]), np.sort(chosen[n_train:])
+
+
+@dataclasses.dataclass
+class Sample:
+    """Seeded random rows of a source, read, in random order: any prefix is a seeded uniform sample too."""
+
+    rows: np.ndarray        # global row numbers, in the order of ``vectors``
+    vectors: np.ndarray     # [len(rows), d] float32
+
+
+def training_sample(source: EmbeddingSource, n_train: int, n_queries: int, seed: int,
+                    reuse: Sample | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training rows, disjoint held-out query rows, training vectors), seeded. With ``reuse`` (the chooser's
+    sample) holding enough rows, its prefix trains and nothing is read again: one sample in memory, not two
+    (the queries come from the other rows); otherwise ``draw_rows`` and a fresh read."""
+    n_total = source.rows
+    q = min(n_queries, n_total // 2) if n_total > 1 else n_total
+    n_train = min(n_train, n_total - q)
+    if reuse is not None and len(reuse.rows) >= n_train:
+        train_rows = reuse.rows[:n_train]
+        rest = np.setdiff1d(np.arange(n_total, dtype=np.int64), train_rows, assume_unique=True)
+        query_rows = np.sort(np.random.default_rng(seed).choice(rest, size=min(q, len(rest)), replace=False))
+        return train_rows, query_rows, reuse.vectors[:n_train]
+    train_rows, query_rows = draw_rows(n_total, n_train, n_queries, seed)
+    return train_rows, query_rows, sample_vectors(source, train_rows)
 
 
 def metric_of(name: str) -> int:

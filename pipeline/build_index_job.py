@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
@@ -40,13 +39,12 @@ from index.chooser import Choice, choose_for_source, exact_fits
 from index.discard import discard_incomplete_version
 from index.errors import RecallBelowFloorError
 from index.factory import FactoryChoice, choose_factory, describe_factory, fmt_bytes, parse_memory
+from index.memory import release_freed
 from index.selfcheck import SELFCHECK_K, groundtruth_url, run_selfcheck
 from index.settings import BuildSettings
 from index.shards import read_done, staging_dir
 from index.source import EmbeddingSource, WorkUnit, read_rows
-from index.train import draw_rows, sample_vectors, train_empty_index
-from pipeline.beam_args import pipeline_options
-from transforms.index_shards import GROUNDTRUTH, SHARD, BuildShards, Done, ExactGroundTruth
+from index.train import Sample, train_empty_index, training_sample
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +89,7 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
     n, d = source.rows, source.dim
     timings["scan"] = time.time() - t0
     say(f"{len(source.files)} embedding file(s), {n:,} rows, dim {d}, model {source.model}")
-    choice, shards, chooser = _choose(settings, source, say)
+    choice, shards, chooser, chooser_sample = _choose(settings, source, say)
     for line in choice.reasoning:
         say(f"  {line}")
     say(f"factory: {choice.factory}")
@@ -102,14 +100,15 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
 
     with discard_incomplete_version(output, version):  # a build that raises leaves no half-written version
         t0 = time.time()
-        train_rows, query_rows = draw_rows(n, choice.train_size, settings.selfcheck_queries, settings.seed)
-        sample = sample_vectors(source, train_rows)
+        train_rows, query_rows, sample = training_sample(source, choice.train_size, settings.selfcheck_queries,
+                                                         settings.seed, reuse=chooser_sample)
         held_out = read_rows(source, query_rows, ("embedding", "image_id")) if len(query_rows) else None
         queries = held_out["embedding"] if held_out else np.zeros((0, d), np.float32)
         timings["sample"] = time.time() - t0
         t0 = time.time()
         trained = train_empty_index(choice.factory, d, sample, settings.metric, settings.seed)
-        del sample
+        del sample, chooser_sample
+        release_freed()  # the sample and training's work space, before the shard pipeline
         trained_url = storage.join(vdir, "trained.index")
         trained_sha, trained_bytes = storage.write_index(trained, trained_url)
         timings["train"] = time.time() - t0
@@ -120,6 +119,7 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
         units = source.work_units(settings.rows_per_unit)
         run_shard_pipeline(units, trained_url, vdir, shards, d, queries, settings.metric, beam_args)
         reached("pipeline")
+        release_freed()
         infos = read_done(vdir, shards, n, groundtruth=bool(len(queries)))  # what the workers wrote, all of it
         timings["shards"] = time.time() - t0
         say(f"built {shards} shard(s) from {len(units)} work unit(s) in {timings['shards']:.1f}s")
@@ -161,7 +161,16 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
 def run_shard_pipeline(units: list[WorkUnit], trained_url: str, vdir: str, n_shards: int, dim: int,
                        queries: np.ndarray, metric: str, beam_args: Sequence[str] | None) -> None:
     """The Beam part: shards and (with held-out queries) their exact ground truth, from the same work units,
-    ending in the one step that joins both and writes ``<vdir>/_done``."""
+    ending in the one step that joins both and writes ``<vdir>/_done``.
+
+    Beam is imported here, not with the module: its import holds ~85 MB that the choice and the training do not
+    need (measured, MiniLM 20k x 384 auto build: training peaked at 327 MB with Beam loaded, 264 MB without; this
+    pipeline is now the build's peak, ~310 MB)."""
+    import apache_beam as beam
+
+    from pipeline.beam_args import pipeline_options
+    from transforms.index_shards import GROUNDTRUTH, SHARD, BuildShards, Done, ExactGroundTruth
+
     staging = staging_dir(vdir)
     rows = sum(u.rows for u in units)
     with beam.Pipeline(options=pipeline_options(list(beam_args or []))) as p:
@@ -174,15 +183,17 @@ def run_shard_pipeline(units: list[WorkUnit], trained_url: str, vdir: str, n_sha
 
 
 def _choose(settings: BuildSettings, source: EmbeddingSource,
-            say: Callable[[str], None]) -> tuple[FactoryChoice, int, Choice | None]:
+            say: Callable[[str], None]) -> tuple[FactoryChoice, int, Choice | None, Sample | None]:
     """The factory (auto: measured on a sample, ``index.chooser``, unless exact search fits) and the shard count,
-    with the reasons for both; and the chooser's record when it ran."""
+    with the reasons for both; and the chooser's record and sample when it ran."""
     n, d = source.rows, source.dim
-    chooser = None
+    chooser = sample = None
     budget = parse_memory(settings.max_memory)
     if settings.factory in (None, "", "auto") and not exact_fits(n, d, budget):
-        chooser = choose_for_source(source, budget, settings.max_query_ms, train_per_list=settings.train_per_list,
-                                    metric=settings.metric, seed=settings.seed, echo=say)
+        chooser, sample = choose_for_source(source, budget, settings.max_query_ms,
+                                            train_per_list=settings.train_per_list, metric=settings.metric,
+                                            seed=settings.seed, echo=say)
+        release_freed()  # the candidates' indexes and work space
         choice = chooser.factory
     elif settings.factory in (None, "", "auto"):
         choice = choose_factory(n, d, settings.max_memory, train_per_list=settings.train_per_list)
@@ -194,7 +205,7 @@ def _choose(settings: BuildSettings, source: EmbeddingSource,
         choice.reasoning.append(f"{shards} shard(s): one per started million vectors (override with --shards)")
     else:
         choice.reasoning.append(f"{shards} shard(s) as requested")
-    return choice, shards, chooser
+    return choice, shards, chooser, sample
 
 
 def _manifest(version: str, choice: FactoryChoice, source: EmbeddingSource, settings: BuildSettings,
@@ -228,6 +239,7 @@ def _manifest(version: str, choice: FactoryChoice, source: EmbeddingSource, sett
 
 
 def _software_versions() -> dict[str, str]:
+    import apache_beam as beam
     import faiss
 
     return {"faiss": faiss.__version__, "numpy": np.__version__, "pyarrow": pa.__version__,

@@ -211,3 +211,25 @@ def test_candidates_that_cannot_win_are_pruned_unswept():
     for m in choice.table:
         if m.best:  # a full scan recalls at least what any nprobe does
             assert m.ceiling is None or m.ceiling >= m.best.recall
+
+
+def test_training_reuses_the_chooser_sample_when_it_is_large_enough(tmp_path):
+    """One sample in memory for the choice and the training: the training rows are a prefix of the chooser's
+    shuffled sample (its vectors a view, not a second read); the held-out queries are disjoint and seeded; a
+    training set larger than the sample is drawn and read afresh."""
+    from index.source import EmbeddingSource, read_rows
+    from index.train import Sample, training_sample
+
+    x = isotropic(2000, 8, seed=8)
+    write_embeddings(tmp_path / "a.parquet", x, row_group_size=300)
+    source = EmbeddingSource.open([str(tmp_path / "a.parquet")])
+    rows = np.random.default_rng(1).permutation(2000)[:1200]
+    chooser_sample = Sample(rows, read_rows(source, rows)["embedding"])
+    train_rows, query_rows, vectors = training_sample(source, 1000, 300, seed=2, reuse=chooser_sample)
+    assert np.array_equal(train_rows, rows[:1000]) and np.shares_memory(vectors, chooser_sample.vectors)
+    assert np.array_equal(vectors, x[train_rows])
+    assert len(query_rows) == 300 and not set(query_rows) & set(train_rows)
+    assert np.array_equal(query_rows, training_sample(source, 1000, 300, seed=2, reuse=chooser_sample)[1])
+    big_rows, big_queries, big = training_sample(source, 1500, 300, seed=2, reuse=chooser_sample)
+    assert len(big_rows) == 1500 and not np.shares_memory(big, chooser_sample.vectors)
+    assert np.array_equal(big, x[big_rows]) and not set(big_queries) & set(big_rows)
