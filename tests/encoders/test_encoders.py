@@ -249,8 +249,8 @@ def test_config_errors_name_the_problem(tmp_path):
     assert EncoderConfig.load(None).hidden_size == 768
 
 
-def test_image_input_validation():
-    model = LightningDOT.random(TINY_CONFIG)
+def test_image_input_validation(tiny_encoder):
+    model = tiny_encoder
     feats, boxes, counts = _regions([3])
     with pytest.raises(ValueError, match="6 or 7"):
         model.encode_images(feats, boxes[..., :4], counts)
