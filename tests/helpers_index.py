@@ -35,6 +35,12 @@ def write_embeddings(path: str | Path, x: np.ndarray, start: int = 0, *, model: 
     return ids
 
 
+def write_vocab(path: Path, words: list[str]) -> Path:
+    """A WordPiece vocab file of BERT's special tokens then ``words``, for a tiny text tower; returns its path."""
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    return path
+
+
 def spread_weights(model: torch.nn.Module, factor: float) -> None:
     """Scale every matrix of ``model`` in place. BERT's N(0, 0.02) init makes every output nearly parallel (cosine
     0.99999, so float32 scores tie); x25 on a text tower gives cosines ~0.7, like a trained model's."""

@@ -17,7 +17,7 @@ from encoders.regions.formats.regions_lookup import open_region_store
 from encoders.reranker import UniterReranker
 from index.rerank import MissingRegionsError, PairScorer, RerankingSearch, rerank_order
 from index.search import SearchIndex
-from tests.helpers_index import spread_weights, write_embeddings
+from tests.helpers_index import spread_weights, write_embeddings, write_vocab
 from tests.helpers_regions import make_regions
 
 WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
@@ -29,8 +29,7 @@ N = 8
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_checkpoint, ldot):
     root = tmp_path_factory.mktemp("rerank")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    vocab = write_vocab(root / "vocab.txt", WORDS)
     encoder = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))
     uniter = UniterReranker.random(TINY_CONFIG, seed=3)
     spread_weights(uniter.model, 8)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from encoders.lightningdot import LightningDOT
-from tests.helpers_index import write_embeddings
+from tests.helpers_index import write_embeddings, write_vocab
 
 WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
          "park", "snow", "."]
@@ -24,8 +24,7 @@ def setup(tmp_path_factory, tiny_checkpoint, ldot):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("search")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    vocab = write_vocab(root / "vocab.txt", WORDS)
     model = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))
     # image i's embedding = caption i's unit text embedding, so caption i ranks image i first
     text = model.encode_captions(CAPTIONS)

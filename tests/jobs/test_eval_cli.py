@@ -14,6 +14,7 @@ from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
+from tests.helpers_index import write_vocab
 
 WORDS = [
     "a", "an", "the", "dog", "cat", "man", "woman", "child", "bike", "ball", "red", "blue", "green", "big", "small",
@@ -36,8 +37,7 @@ def make_captions(n_images: int) -> list[tuple[str, list[str]]]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("eval")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "A", "Two", "The"]) + "\n")
+    vocab = write_vocab(root / "vocab.txt", [*WORDS, "A", "Two", "The"])
     model = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))  # a text tower that tells captions apart
     data = make_captions(24)
     # image embedding = unit vector along its FIRST caption's text embedding: that caption then scores its own

@@ -43,7 +43,7 @@ from encoders.regions.formats.regions_table import RegionsWriter, regions_to_row
 from jobs.cli import main as cli
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.helpers_index import write_embeddings
+from tests.helpers_index import write_embeddings, write_vocab
 from tests.helpers_pipeline import (
     REPO,
     TINY_DETECTOR,
@@ -488,8 +488,7 @@ def test_an_input_click_would_split_into_a_short_option_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def seven_vectors(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-index")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog"]) + "\n")
+    vocab = write_vocab(root / "vocab.txt", ["a", "dog"])
     model = LightningDOT.random(TINY_CONFIG, seed=0)
     vectors = np.random.default_rng(0).normal(size=(7, model.config.project_dim)).astype(np.float32)
     write_embeddings(root / "emb.parquet", vectors, ids=[f"img{i}" for i in range(7)], model=model.fingerprint)
