@@ -38,7 +38,7 @@ def _utc_now() -> dt.datetime:
 
 
 class Run:
-    """One nightly run; ``execute`` returns the exit code and leaves the report in ``self.report``."""
+    """One nightly run; ``execute`` returns the exit code and leaves the report in ``self.fields``."""
 
     def __init__(self, cfg: NightlyConfig, echo: Callable[[str], None] | None = None,
                  clock: Clock | None = None) -> None:
