@@ -48,16 +48,20 @@ class CheckpointError(UsageError):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load from a local path or any fsspec URL, tensors only."""
+    """torch.load from a local path or any fsspec URL, tensors only; a dict (a state dict or a layout holding one)."""
     try:
         if "://" not in str(path):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        with fsspec.open(str(path), "rb") as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            with fsspec.open(str(path), "rb") as f:
+                raw = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: no such checkpoint file") from e
     except Exception as e:  # pickle errors, truncated zip files, non-checkpoint files
         raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
+    return raw
 
 
 def extract_state_dict(raw: Mapping[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -154,6 +158,16 @@ def match_state_dict(
         hint = f" (is {config_flag} the size this checkpoint was trained with?)" if wrong else ""
         raise CheckpointError(f"{source}: " + "; ".join(problems) + hint)
     return dict(state)
+
+
+def load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                 **match: Any) -> dict[str, torch.Tensor]:
+    """Load ``state`` into ``model`` after ``match_state_dict(state, model's, source, **match)``; returns what was
+    loaded. Strictness is enforced (with names) by the match, so the load itself is not strict: the optional keys
+    the match allows may be absent."""
+    checked = match_state_dict(state, model.state_dict(), source, **match)
+    model.load_state_dict(checked, strict=False)
+    return checked
 
 
 def tensors_fingerprint(config: Mapping[str, Any], state: Mapping[str, torch.Tensor],

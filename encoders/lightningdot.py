@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -20,62 +19,37 @@ import torch
 
 from core.device import resolve_device
 from encoders.batching import length_buckets, pad_regions
-from encoders.bert import init_bert_weights
-from encoders.checkpoint import (
-    CheckpointError,
-    extract_state_dict,
-    match_state_dict,
-    read_checkpoint,
-    tensors_fingerprint,
-)
+from encoders.checkpoint import CheckpointError, extract_state_dict, load_checked, read_checkpoint
 from encoders.config import EncoderConfig
-from encoders.tokenizer import WordPieceTokenizer, find_vocab
+from encoders.loaded_model import ArrayLike, ConfigLike, LoadedModel, random_model
 from encoders.towers import BiEncoder, add_box_area
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ArrayLike = np.ndarray | torch.Tensor
 
 
-class LightningDOT:
+class LightningDOT(LoadedModel):
     """Both towers in eval mode, on one device, with a fingerprint of weights + config for provenance."""
 
-    def __init__(self, model: BiEncoder, config: EncoderConfig, *, device: str = "cpu", dtype: str = "float32",
-                 source: str = "", random_seed: int | None = None, vocab: str | None = None) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.config = config
-        self.device = torch.device(device)
-        self.dtype = DTYPES[dtype]
-        self.source = source
-        self.random_seed = random_seed
-        self.vocab = vocab
-        self.model = model.eval().to(self.device, self.dtype)
-        self._fingerprint: str | None = None
-        self._tokenizer: WordPieceTokenizer | None = None
+    fingerprint_prefix = "ldot"
 
     # ---- construction -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, config: str | Path | dict | EncoderConfig | None = None,
+    def from_checkpoint(cls, path: str | Path, config: ConfigLike = None,
                         device: str = "cpu", dtype: str = "float32", vocab: str | None = None) -> LightningDOT:
         """Load either published layout (or ours). ``config=None``: the config saved in the checkpoint if it
         carries one (``LightningDOT.save``), else the published BERT-base size."""
         raw = read_checkpoint(path)
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
         if config is None and isinstance(raw.get("config"), dict):
             config = raw["config"]
         cfg = EncoderConfig.load(config)
         model = BiEncoder(cfg)
-        state = match_state_dict(extract_state_dict(raw, str(path)), model.state_dict(), str(path))
-        model.load_state_dict(state, strict=False)  # strictness is enforced (with names) by match_state_dict
+        load_checked(model, extract_state_dict(raw, str(path)), str(path))
         return cls(model, cfg, device=device, dtype=dtype, source=str(path), vocab=vocab)
 
     @classmethod
-    def load(cls, checkpoint: str | Path | None, config: str | Path | dict | EncoderConfig | None = None, *,
+    def load(cls, checkpoint: str | Path | None, config: ConfigLike = None, *,
              random_weights: bool = False, seed: int = 0, device: str | None = "cpu", dtype: str = "float32",
              vocab: str | None = None) -> LightningDOT:
         """The one way a command gets a model: a checkpoint, or random weights only when asked for explicitly.
@@ -92,11 +66,10 @@ class LightningDOT:
         return cls.from_checkpoint(checkpoint, config, device=device, dtype=dtype, vocab=vocab)
 
     @classmethod
-    def random(cls, config: str | Path | dict | EncoderConfig | None = None, seed: int = 0, device: str = "cpu",
+    def random(cls, config: ConfigLike = None, seed: int = 0, device: str = "cpu",
                dtype: str = "float32", vocab: str | None = None) -> LightningDOT:
         """Explicit random weights (BERT's N(0, 0.02) init) for smoke runs and tests; never silently."""
-        cfg = EncoderConfig.load(config)
-        model = init_bert_weights(BiEncoder(cfg), seed)
+        model, cfg = random_model(BiEncoder, config, seed)
         return cls(model, cfg, device=device, dtype=dtype, source=f"random:seed={seed}", random_seed=seed, vocab=vocab)
 
     def save(self, path: str | Path) -> None:
@@ -106,19 +79,6 @@ class LightningDOT:
         torch.save({"model_dict": state, "config": self.config.to_dict()}, buffer)
         with fsspec.open(str(path), "wb") as f:
             f.write(buffer.getvalue())
-
-    # ---- provenance ---------------------------------------------------------------------------------------
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of config + every tensor (name, shape, float32 bytes); stable across save/load and layouts."""
-        if self._fingerprint is None:
-            # mask_embedding: unused at inference; absent from some checkpoints
-            digest = tensors_fingerprint(self.config.to_dict(), self.model.state_dict(),
-                                         skip=lambda name: name.endswith("mask_embedding.weight"))
-            prefix = "random-" if self.random_seed is not None else ""
-            self._fingerprint = f"ldot-{prefix}{digest[:16]}"
-        return self._fingerprint
 
     # ---- encoding -----------------------------------------------------------------------------------------
 
@@ -170,12 +130,6 @@ class LightningDOT:
             out[idx] = emb.float().cpu().numpy()
         return out
 
-    def tokenizer(self, lowercase: bool = False) -> WordPieceTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = WordPieceTokenizer(find_vocab(self.vocab, self.source or None), lowercase=lowercase,
-                                                 max_length=self.config.max_position_embeddings)
-        return self._tokenizer
-
     def encode_captions(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Raw strings -> [B, D], tokenized with the model's vocab (see ``encoders.tokenizer.find_vocab``)."""
         ids, mask = self.tokenizer().encode(texts)
@@ -202,7 +156,3 @@ class LightningDOT:
             raise ValueError(f"num_boxes has {counts.shape[0]} entries for {feats.shape[0]} images")
         if counts.numel() and (int(counts.min()) < 1 or int(counts.max()) > feats.shape[1]):
             raise ValueError(f"num_boxes must be in 1..{feats.shape[1]}, got {counts.min()}..{counts.max()}")
-
-    def describe(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "source": self.source, "config": self.config.to_dict(),
-                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}

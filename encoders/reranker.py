@@ -31,34 +31,29 @@ import torch
 from torch import nn
 
 from encoders.batching import length_buckets, pad_regions
-from encoders.bert import BertEmbeddings, BertEncoder, BertPooler, init_bert_weights
+from encoders.bert import BertPooler
 from encoders.checkpoint import (
     UNITER_IGNORABLE,
     UNITER_OPTIONAL,
     CheckpointError,
     extract_uniter_state_dict,
-    match_state_dict,
+    load_checked,
     read_checkpoint,
-    tensors_fingerprint,
 )
 from encoders.config import EncoderConfig
-from encoders.lightningdot import DTYPES, ArrayLike
-from encoders.tokenizer import WordPieceTokenizer, find_vocab
-from encoders.towers import ImageEmbeddings, add_box_area
+from encoders.loaded_model import ArrayLike, ConfigLike, LoadedModel, random_model
+from encoders.towers import UniterBody, add_box_area
 
 log = logging.getLogger(__name__)
 
 HEADS = ("rank", "itm")
 
 
-class UniterModel(nn.Module):
+class UniterModel(UniterBody):
     """``uniter``: text embeddings, region embeddings, BERT layers and pooler, under UNITER's names."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.embeddings = BertEmbeddings(cfg)
-        self.img_embeddings = ImageEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
+        super().__init__(cfg)
         self.pooler = BertPooler(cfg)
 
     def forward(self, input_ids: torch.Tensor, text_len: torch.Tensor, features: torch.Tensor,
@@ -66,8 +61,8 @@ class UniterModel(nn.Module):
         """[B,L] ids, [B] text lengths, [B,N,F] features, [B,N,7] boxes, [B] box counts -> pooled [B, H]."""
         width_txt = input_ids.shape[1]
         text = self.embeddings(input_ids)  # positions 0..L-1, token type 0
-        regions = self.img_embeddings(features, boxes, self.embeddings.token_type_embeddings.weight[1])
-        both = torch.cat([text, regions], dim=1)  # [B, L+N, H]: each pair's text, its padding, its regions
+        # [B, L+N, H]: each pair's text, its padding, its regions
+        both = torch.cat([text, self.embed_regions(features, boxes)], dim=1)
         lengths = text_len + num_boxes
         j = torch.arange(int(lengths.max()), device=input_ids.device)[None, :]
         # pair i, slot j: text token j while j < T_i, then region j - T_i (UNITER's gather index); slots past
@@ -102,52 +97,39 @@ class UniterForRetrieval(nn.Module):
         return self.rank_output(pooled)[:, 0]
 
 
-class UniterReranker:
+class UniterReranker(LoadedModel):
     """A UNITER retrieval model in eval mode on one device; scores (text, image) pairs in length buckets."""
+
+    fingerprint_prefix = "uniter"
 
     def __init__(self, model: UniterForRetrieval, config: EncoderConfig, *, head: str = "rank", device: str = "cpu",
                  dtype: str = "float32", source: str = "", zero_shot: bool = False, random_seed: int | None = None,
                  vocab: str | None = None) -> None:
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.config = config
+        super().__init__(model, config, device=device, dtype=dtype, source=source, random_seed=random_seed,
+                         vocab=vocab)
         self.head = head
         self.zero_shot = zero_shot  # the checkpoint had no rank_output: "rank" scores with itm_output row 1
-        self.device = torch.device(device)
-        self.dtype = DTYPES[dtype]
-        self.source = source
-        self.random_seed = random_seed
-        self.vocab = vocab
-        self.model = model.eval().to(self.device, self.dtype)
-        self._fingerprint: str | None = None
-        self._tokenizer: WordPieceTokenizer | None = None
 
     # ---- construction -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, config: str | Path | dict | EncoderConfig | None = None,
+    def from_checkpoint(cls, path: str | Path, config: ConfigLike = None,
                         device: str = "cpu", head: str = "rank", dtype: str = "float32",
                         vocab: str | None = None) -> UniterReranker:
         """Load any UNITER retrieval layout (local path or fsspec URL). ``config=None``: UNITER-base."""
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        try:
-            raw = read_checkpoint(path)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"{path}: no such UNITER checkpoint") from e
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
+        raw = read_checkpoint(path)
         cfg = EncoderConfig.load(config)
         model = UniterForRetrieval(cfg)
-        state = match_state_dict(extract_uniter_state_dict(raw, str(path)), model.state_dict(), str(path),
-                                 ignorable=UNITER_IGNORABLE, optional=UNITER_OPTIONAL,
-                                 config_flag="the re-ranker config")
+        state = extract_uniter_state_dict(raw, str(path))
         has_rank = [k for k in ("rank_output.weight", "rank_output.bias") if k in state]
+        load_checked(model, state, str(path), ignorable=UNITER_IGNORABLE, optional=UNITER_OPTIONAL,
+                     config_flag="the re-ranker config")
         if len(has_rank) == 1:
             raise CheckpointError(f"{path}: has {has_rank[0]} but not its pair: a damaged rank_output head")
-        model.load_state_dict(state, strict=False)  # strictness is enforced (with names) by match_state_dict
         zero_shot = not has_rank
         if zero_shot:
             model.init_output()
@@ -157,31 +139,18 @@ class UniterReranker:
                    vocab=vocab)
 
     @classmethod
-    def random(cls, config: str | Path | dict | EncoderConfig | None = None, seed: int = 0, device: str = "cpu",
+    def random(cls, config: ConfigLike = None, seed: int = 0, device: str = "cpu",
                head: str = "rank", dtype: str = "float32", vocab: str | None = None) -> UniterReranker:
         """Explicit random weights (BERT's init) for benchmarks and smoke runs; never silently."""
-        cfg = EncoderConfig.load(config)
-        model = init_bert_weights(UniterForRetrieval(cfg), seed)
+        model, cfg = random_model(UniterForRetrieval, config, seed)
         return cls(model, cfg, head=head, device=device, dtype=dtype, source=f"random:seed={seed}",
                    random_seed=seed, vocab=vocab)
 
     # ---- provenance ---------------------------------------------------------------------------------------
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of config + weights (mask_embedding skipped: pre-training only), equal across layouts."""
-        if self._fingerprint is None:
-            digest = tensors_fingerprint(self.config.to_dict(), self.model.state_dict(),
-                                         skip=lambda name: name.endswith("mask_embedding.weight"))
-            prefix = "random-" if self.random_seed is not None else ""
-            self._fingerprint = f"uniter-{prefix}{digest[:16]}"
-        return self._fingerprint
-
     def describe(self) -> dict[str, Any]:
         head = "itm_output[1]" if self.head == "itm" or self.zero_shot else "rank_output"
-        return {"fingerprint": self.fingerprint, "source": self.source, "head": self.head, "scores_with": head,
-                "zero_shot": self.zero_shot, "config": self.config.to_dict(), "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", "")}
+        return {**super().describe(), "head": self.head, "scores_with": head, "zero_shot": self.zero_shot}
 
     # ---- scoring ------------------------------------------------------------------------------------------
 
@@ -210,12 +179,6 @@ class UniterReranker:
             return ids[sel, :width_txt], feats[sel, :width_img], bxs[sel, :width_img]
 
         return self._run(text_len.numpy(), counts.numpy(), batch, batch_size, bucketing)
-
-    def tokenizer(self, lowercase: bool = False) -> WordPieceTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = WordPieceTokenizer(find_vocab(self.vocab, self.source or None), lowercase=lowercase,
-                                                 max_length=self.config.max_position_embeddings)
-        return self._tokenizer
 
     @torch.inference_mode()
     def score_texts_images(self, texts: Sequence[str], features: Sequence[ArrayLike], boxes: Sequence[ArrayLike],

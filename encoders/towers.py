@@ -46,8 +46,9 @@ class ImageEmbeddings(nn.Module):
         return self.LayerNorm(feats + pos + region_type)
 
 
-class UniterImageModel(nn.Module):
-    """``img_model.bert``: text embeddings (for the [CLS] slot and the type table), region embeddings, layers."""
+class UniterBody(nn.Module):
+    """UNITER's text embeddings, region embeddings and BERT layers, under the names both LightningDOT's image tower
+    (``img_model.bert``) and UNITER's retrieval model (``uniter``) give them."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -55,13 +56,20 @@ class UniterImageModel(nn.Module):
         self.img_embeddings = ImageEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
 
+    def embed_regions(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """[B,N,F] features, [B,N,7] boxes -> [B,N,H] region embeddings, token type 1 (text tokens are type 0)."""
+        return self.img_embeddings(features, boxes, self.embeddings.token_type_embeddings.weight[1])
+
+
+class UniterImageModel(UniterBody):
+    """``img_model.bert``: the [CLS] slot (word 101, position 0, type 0) followed by the regions, through the layers."""
+
     def forward(self, features: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor,
                 unpad: bool = True) -> torch.Tensor:
         b = features.shape[0]
         cls_ids = torch.full((b, 1), CLS_ID, dtype=torch.long, device=features.device)
         cls = self.embeddings(cls_ids)  # word[101] + pos[0] + type[0], LayerNorm
-        regions = self.img_embeddings(features, boxes, self.embeddings.token_type_embeddings.weight[1])
-        hidden = torch.cat([cls, regions], dim=1)
+        hidden = torch.cat([cls, self.embed_regions(features, boxes)], dim=1)
         mask = torch.cat([torch.ones_like(region_mask[:, :1]), region_mask], dim=1)
         return self.encoder(hidden, mask, unpad=unpad)
 

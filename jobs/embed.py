@@ -7,23 +7,21 @@ import json
 import click
 
 from core.paths import absolute
+from jobs.options import alpha_option, detector_config_option, encoder_config_option, local_workers_option
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
 from pipeline.launch_checks import absolute_model_paths, check_embed_launch
-from transforms.decoding import ALPHA_MODES
 
 
 @click.command(cls=BeamFlagsCommand, options_metavar="INPUT... [OPTIONS] [BEAM FLAGS] [-- INPUT...]")
 @click.option("--output", "-o", required=True, help="Output directory (local path or fsspec URL).")
 @click.option("--checkpoint", help="LightningDOT checkpoint (coco-ft.pt, flickr-ft.pt, LightningDot.pt, ours).")
-@click.option("--encoder-config", help="Encoder size: a JSON file, or a shipped name (base, tiny). Default: base.")
+@encoder_config_option
 @click.option("--detector-weights", help="Bottom-up-attention detector weights (.pkl converted from Caffe, or .pth).")
-@click.option("--detector-config", help="Detector YAML, or a shipped name (butd_r101_c4, tiny). Default: butd_r101_c4.")
+@detector_config_option
 @click.option("--regions", help="Skip detection: read region features (regions Parquet, UNITER LMDB or BUTD TSV).")
 @click.option("--keep-regions", is_flag=True, help="Also write the region features to OUTPUT/regions/.")
-@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="drop", show_default=True,
-              help="Transparent pixels: drop alpha as the original extraction (cv2.imread) did, or composite on "
-                   "white.")
+@alpha_option()
 @click.option("--random-weights", is_flag=True, help="Random weights for both models: smoke runs and demos only.")
 @click.option("--max-failure-rate", type=float, help="Exit non-zero when more than this fraction of inputs fail.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (CUDA when the worker has it).")
@@ -32,7 +30,7 @@ from transforms.decoding import ALPHA_MODES
 @click.option("--encoder-batch-size", default=64, show_default=True, help="Images per encoder forward pass.")
 @click.option("--share-models/--no-share-models", default=None,
               help="One copy of each model per GPU for all of a worker's processes. Default: on for CUDA.")
-@click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
+@local_workers_option
 @click.option("--overwrite", is_flag=True, help="Replace the tables of an earlier run in OUTPUT.")
 @click.pass_context
 def index_cmd(ctx: click.Context, workers: int | None, **options: object) -> None:

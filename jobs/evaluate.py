@@ -20,6 +20,7 @@ from evaluation.core import GALLERIES, MISSING_POLICIES, REFERENCE, EvaluationEr
 from evaluation.embeddings import EmbeddingsError, read_embeddings
 from evaluation.report import format_table, plot, write_json
 from evaluation.rerank import Reranking
+from jobs.options import reranker_model_options
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def load_reranking(checkpoint: str, regions: str, config: str | None, head: str,
               help="M: candidates per query (images per caption, captions per image) the re-ranker re-orders.")
 @click.option("--regions", "regions_path", default=None,
               help="Region features of the evaluated images (regions Parquet directory or UNITER image DB).")
-@click.option("--rerank-config", default=None, help="Re-ranker config JSON (default: UNITER-base).")
-@click.option("--rerank-head", type=click.Choice(["rank", "itm"]), default="rank", show_default=True,
-              help="rank_output (fine-tuned) or itm_output's match logit (what UNITER's inf_itm.py scores).")
+@reranker_model_options
 def eval_cmd(captions_path: str, embeddings_path: tuple[str, ...], index_root: str | None, nprobe: int | None,
              checkpoint: str | None, vocab: str | None, encoder_config: str | None, random_weights: bool, seed: int,
              split: str, text_field: str, ks: str, mapping: str, id_column: str, missing: str, gallery: str,

@@ -15,6 +15,8 @@ import sys
 import click
 from click.core import ParameterSource
 
+from jobs.options import detector_config_option, encoder_config_option
+
 EPILOG = ("Exit codes: 0 ok (published, or nothing changed); 1 the run broke, or passed --deadline; 2 bad settings; "
           "3 recall below --min-recall (built, not published); 4 failure rate above --max-failure-rate, or more of "
           "the last snapshot missing than --max-vanished-rate (not published); 75 another run holds the lock. In "
@@ -35,8 +37,8 @@ _OPTIONS = ("work_dir", "index_root", "checkpoint", "encoder_config", "detector_
 @click.option("--work-dir", help="Snapshots, run reports and the lock live here (local path or fsspec URL).")
 @click.option("--index-root", help="Index root the versions are published under (local path or fsspec URL).")
 @click.option("--checkpoint", help="LightningDOT checkpoint.")
-@click.option("--encoder-config", help="Encoder size: a JSON file, or a shipped name (base, tiny). Default: base.")
-@click.option("--detector-config", help="Detector YAML, or a shipped name (butd_r101_c4, tiny). Default: butd_r101_c4.")
+@encoder_config_option
+@detector_config_option
 @click.option("--detector-weights", help="Bottom-up-attention detector weights.")
 @click.option("--regions", help="Read pre-extracted region features instead of images.")
 @click.option("--random-weights/--no-random-weights", default=None, help="Random weights: smoke runs only.")

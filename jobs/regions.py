@@ -18,6 +18,7 @@ import json
 import click
 
 from core.paths import absolute, parquet_files
+from jobs.options import alpha_option, local_workers_option
 from pipeline.accounting import failure_rows
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
@@ -27,7 +28,6 @@ from pipeline.launch_checks import (
     require_existing,
     warn_if_workers_lack_detectron2,
 )
-from transforms.decoding import ALPHA_MODES
 
 
 @click.command("regions", cls=BeamFlagsCommand, options_metavar="INPUT... [OPTIONS] [BEAM FLAGS] [-- INPUT...]")
@@ -39,16 +39,14 @@ from transforms.decoding import ALPHA_MODES
 @click.option("--random-weights", is_flag=True, help="Use damped random weights (smoke runs and demos only).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="drop", show_default=True,
-              help="Transparent pixels: drop alpha as the original extraction (cv2.imread) did, or composite on "
-                   "white.")
+@alpha_option()
 @click.option("--soft-labels/--no-soft-labels", default=True, show_default=True,
               help="Store the 1601-way class distribution of each region.")
 @click.option("--rows-per-file", default=1000, show_default=True, type=click.IntRange(min=1),
               help="At most this many images per regions Parquet file.")
 @click.option("--share-models/--no-share-models", default=None,
               help="One detector per GPU for all of a worker's processes. Default: on for CUDA, off on the CPU.")
-@click.option("--workers", type=int, help="Local runner: this many worker processes (multi_processing).")
+@local_workers_option
 @click.pass_context
 def regions_cmd(ctx: click.Context, output: str, detector_config: str, detector_weights: str | None,
                 random_weights: bool, batch_size: int, device: str, alpha: str, soft_labels: bool, rows_per_file: int,

@@ -7,6 +7,7 @@ import json
 import click
 
 from core.files import is_utf8, printable_id
+from jobs.options import query_model_options, reranker_model_options
 
 
 def _utf8_texts(ctx: click.Context, param: click.Parameter, texts: tuple[str, ...]) -> tuple[str, ...]:
@@ -30,13 +31,7 @@ def model_mismatch(fingerprint: str, manifest: dict) -> str | None:
 @click.argument("root")
 @click.argument("texts", nargs=-1, required=True, callback=_utf8_texts)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
-@click.option("--checkpoint", type=str, default=None, help="LightningDOT checkpoint (.pt).")
-@click.option("--vocab", type=str, default=None, help="WordPiece vocab file (bert-base-cased vocab.txt).")
-@click.option("--encoder-config", type=str, default=None, help="Encoder config JSON (default: the checkpoint's).")
-@click.option("--random-weights", is_flag=True, help="Random text tower (smoke tests only).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Override the manifest's nprobe.")
-@click.option("--force", is_flag=True, help="Search even if the query model differs from the index's model.")
+@query_model_options("Search")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--html", "html_path", type=str, default=None, help="Write an HTML page with thumbnails here.")
 @click.option("--rerank", "rerank_checkpoint", default=None,
@@ -45,9 +40,7 @@ def model_mismatch(fingerprint: str, manifest: dict) -> str | None:
               help="M: candidates the dot product passes to the re-ranker (at least -k; default max(20, k)).")
 @click.option("--regions", "regions_path", default=None,
               help="Region features of the indexed images (the --keep-regions table or a UNITER image DB).")
-@click.option("--rerank-config", default=None, help="Re-ranker config JSON (default: UNITER-base).")
-@click.option("--rerank-head", type=click.Choice(["rank", "itm"]), default="rank", show_default=True,
-              help="rank_output (fine-tuned) or itm_output's match logit (what UNITER's inf_itm.py scores).")
+@reranker_model_options
 def search_cmd(root: str, texts: tuple[str, ...], k: int, checkpoint: str | None, vocab: str | None,
                encoder_config: str | None, random_weights: bool, device: str, nprobe: int | None, force: bool,
                as_json: bool, html_path: str | None, rerank_checkpoint: str | None, top_m: int,

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import click
 import numpy as np
 
+from jobs.options import query_model_options
+
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 8192  # the request line (the query) and headers
@@ -218,13 +220,7 @@ def _interrupt(signum: int, frame: object) -> None:
 @click.argument("root")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port.")
-@click.option("--checkpoint", type=str, default=None, help="LightningDOT checkpoint (.pt).")
-@click.option("--vocab", type=str, default=None, help="WordPiece vocab file (bert-base-cased vocab.txt).")
-@click.option("--encoder-config", type=str, default=None, help="Encoder config JSON (default: the checkpoint's).")
-@click.option("--random-weights", is_flag=True, help="Random text tower (smoke tests only).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Override the manifest's nprobe.")
-@click.option("--force", is_flag=True, help="Serve even if the query model differs from the index's model.")
+@query_model_options("Serve")
 @click.option("--engine", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
               help="Query encoder: ONNX Runtime (CPU, fast) or the eager torch model.")
 @click.option("--int8", is_flag=True, help="int8 text tower (faster; cosine to fp32 ~0.99, see README).")

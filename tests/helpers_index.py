@@ -1,4 +1,5 @@
-"""Embedding tables in the pipeline's contract and an exact top-k, for the index, search and serving tests."""
+"""Embedding tables in the pipeline's contract, an exact top-k, and random models made to score inputs apart, for
+the index, search and serving tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 BEAM = ["--runner=FnApiRunner"]
 
@@ -31,6 +33,21 @@ def write_embeddings(path: str | Path, x: np.ndarray, start: int = 0, *, model: 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, str(path), row_group_size=row_group_size)
     return ids
+
+
+def write_vocab(path: Path, words: list[str]) -> Path:
+    """A WordPiece vocab file of BERT's special tokens then ``words``, for a tiny text tower; returns its path."""
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    return path
+
+
+def spread_weights(model: torch.nn.Module, factor: float) -> None:
+    """Scale every matrix of ``model`` in place. BERT's N(0, 0.02) init makes every output nearly parallel (cosine
+    0.99999, so float32 scores tie); x25 on a text tower gives cosines ~0.7, like a trained model's."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(factor)
 
 
 def numpy_topk(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

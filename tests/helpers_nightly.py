@@ -1,16 +1,16 @@
-"""Nightly settings on the tiny models, the live index as vectors, and a subprocess environment for kill tests."""
+"""Nightly settings on the tiny models, demo photos copied into inputs, the live index as vectors, and a subprocess
+environment for kill tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.nightly import CRASH_ENV
-from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers_pipeline import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER
 
 
 def settings(root: Path, **over) -> dict:
@@ -19,6 +19,14 @@ def settings(root: Path, **over) -> dict:
                   keep=3)
     values.update(over)
     return values
+
+
+def copy_demo_photos(folder: Path, *names: str, **renamed: str) -> None:
+    """Copy demo photos into ``folder`` (made if missing); ``renamed``: the photo to copy under another name, e.g.
+    ``{"coffee.jpg": "chelsea.jpg"}`` (new bytes under an old id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(DEMO_IMAGES / renamed.get(name, name), folder / name)
 
 
 def live_vectors(root: Path) -> dict[str, np.ndarray]:

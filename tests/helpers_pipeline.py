@@ -1,4 +1,5 @@
-"""Shared pieces of the pipeline tests: real photos, odd files, and reading the output tables."""
+"""Shared pieces of the pipeline tests: real photos, hand-made image bytes, and reading the output tables (the
+fixtures built from them are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from encoders.config import TINY_CONFIG as ENCODER_TINY
+from encoders.regions.config_files import TINY_CONFIG as DETECTOR_TINY
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_IMAGES = REPO / "jobs" / "demo_data" / "images"
-TINY_ENCODER = str(REPO / "encoders" / "configs" / "tiny.json")
-TINY_DETECTOR = str(REPO / "encoders" / "regions" / "configs" / "tiny.yaml")
+TINY_ENCODER = str(ENCODER_TINY)  # the tiny models' configs as command-line and EmbedJob values
+TINY_DETECTOR = str(DETECTOR_TINY)
 
 
 def read_table(directory: Path | str) -> list[dict]:
@@ -52,50 +55,3 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
     return buf.getvalue()
-
-
-def make_odd_corpus(root: Path) -> dict[str, str | None]:
-    """Write real photos plus broken/odd files. Returns image_id -> expected failure kind (None: embedded)."""
-    root.mkdir(parents=True, exist_ok=True)
-    expected: dict[str, str | None] = {}
-    for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg"):
-        photo(name).save(root / name, quality=90)
-        expected[name] = None
-    (root / "zero.jpg").write_bytes(b"")
-    expected["zero.jpg"] = "empty_file"
-    full = encode(photo("astronaut.jpg"), "JPEG", quality=90)
-    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
-    expected["truncated.jpg"] = "truncated"
-    (root / "notes.jpg").write_text("this is a text file, not a JPEG\n")
-    expected["notes.jpg"] = "not_an_image"
-    (root / "bomb.png").write_bytes(png_with_declared_size(100_000, 100_000))
-    expected["bomb.png"] = "too_large"
-    photo("coffee.jpg").convert("CMYK").save(root / "cmyk.jpg")
-    expected["cmyk.jpg"] = None
-    gray16 = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
-    Image.fromarray(gray16).save(root / "gray16.png")
-    expected["gray16.png"] = None
-    pal = photo("rocket.jpg").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    pal.info["transparency"] = 0
-    pal.save(root / "palette_alpha.png", transparency=0)
-    expected["palette_alpha.png"] = None
-    frames = [photo("chelsea.jpg"), photo("coffee.jpg").resize(photo("chelsea.jpg").size)]
-    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    expected["animated.gif"] = None
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(root / "pixel.png")
-    expected["pixel.png"] = None
-    rgba = photo("astronaut.jpg").convert("RGBA")
-    rgba.putalpha(128)
-    rgba.save(root / "rgba.png")
-    expected["rgba.png"] = None
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
-    photo("rocket.jpg").save(root / "rotated.jpg", exif=exif)
-    expected["rotated.jpg"] = None
-    (root / "x.jpg").mkdir()  # a directory named like an image: listed through, its files are inputs
-    photo("coffee.jpg", 48).save(root / "x.jpg" / "inside.png")
-    expected["x.jpg/inside.png"] = None
-    (root / "dangling.jpg").symlink_to(root / "no-such-target.jpg")
-    expected["dangling.jpg"] = "not_found"
-    (root / "README.txt").write_text("not an image extension: not an input")
-    return expected

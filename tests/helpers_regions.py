@@ -1,18 +1,13 @@
-"""Shared helpers for the region-feature tests: small real photos, the tiny detector, and a transcription of
+"""Shared helpers for the region-feature tests: small real photos, random well-formed regions, and a transcription of
 the original Caffe selection code (py_cpu_nms + generate_tsv.py's loop) to check our rule against."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
 from encoders.regions.types import Regions
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "encoders" / "regions" / "configs" / "tiny.yaml"
-BUTD_CONFIG = REPO / "encoders" / "regions" / "configs" / "butd_r101_c4.yaml"
 
 
 @functools.cache
@@ -37,13 +32,6 @@ def photos() -> list[np.ndarray]:
         photo("chelsea", 200, 300),
         photo("rocket", 300, 200),
     ]
-
-
-@functools.cache
-def tiny_extractor(batch_size: int = 4):
-    from encoders.regions import RegionExtractor
-
-    return RegionExtractor.from_config(TINY_CONFIG, weights=None, device="cpu", batch_size=batch_size)
 
 
 # ---- the original Caffe code, transcribed (peteanderson80/bottom-up-attention) ------------------------------

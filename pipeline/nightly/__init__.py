@@ -29,8 +29,10 @@ recomputed); a complete, unpublished version built from the same rows is publish
 
 One module per job: ``settings`` (``NightlyConfig``, the settings file), ``lock`` (``RunLock``), ``snapshots``
 (``WorkDir``: snapshots and reports), ``vanished`` (what of the base snapshot a run is missing), ``faults``
-(``LDOT_NIGHTLY_CRASH_AT`` fault points), ``recovery`` (after a killed run), ``run`` (the run itself). Index
-versions are kept by ``index.layout.apply_retention``, the same rule ``ldot build-index`` uses.
+(``LDOT_NIGHTLY_CRASH_AT`` fault points), ``recovery`` (after a killed run), ``guards`` (the failure, vanished and
+recall guards, the clock check), ``report`` (the run report), ``deadline`` (the timer that ends a run past its
+deadline), ``run`` (the stages of the run). Index versions are kept by ``index.layout.apply_retention``, the
+same rule ``ldot build-index`` uses.
 """
 
 from pipeline.nightly.faults import CRASH_ENV, STAGES

@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel
 from encoders.checkpoint import CheckpointError
 from encoders.config import TINY_CONFIG, ConfigError, EncoderConfig
 from encoders.lightningdot import LightningDOT
+from tests.helpers_uniter import reference_regions, region_embedding_weights
 
 CFG = EncoderConfig.from_json(TINY_CONFIG)
 H = CFG.hidden_size
@@ -53,34 +54,18 @@ def published() -> dict:
         state.update({f"{prefix}.bert.{k}": v.clone() for k, v in hf.state_dict().items()})  # incl. pooler
         state[f"{prefix}.bert.embeddings.position_ids"] = torch.arange(CFG.max_position_embeddings)[None]
         state.update(_proj_state(prefix, gen))
-    img_emb = {
-        "img_linear.weight": (H, CFG.feature_dim), "img_linear.bias": (H,), "img_layer_norm.weight": (H,),
-        "img_layer_norm.bias": (H,), "pos_linear.weight": (H, 7), "pos_linear.bias": (H,),
-        "pos_layer_norm.weight": (H,), "pos_layer_norm.bias": (H,), "LayerNorm.weight": (H,), "LayerNorm.bias": (H,),
-        "mask_embedding.weight": (2, CFG.feature_dim),
-    }
-    for k, shape in img_emb.items():
-        value = torch.randn(shape, generator=gen) * 0.05
-        state[f"img_model.bert.img_embeddings.{k}"] = value + 1.0 if k.endswith("norm.weight") or k == \
-            "LayerNorm.weight" else value
+    for k, value in region_embedding_weights(CFG, gen).items():
+        state[f"img_model.bert.img_embeddings.{k}"] = value
     return {"state": state, "img_hf": img_hf, "txt_hf": txt_hf}
 
 
 def _reference_image(ref: dict, feats: np.ndarray, boxes7: np.ndarray) -> np.ndarray:
     """The image tower of docs/conventions.md, one unpadded image at a time, on HF's embeddings and encoder layers."""
     s, hf = ref["state"], ref["img_hf"]
-
-    def p(name: str) -> torch.Tensor:
-        return s[f"img_model.bert.img_embeddings.{name}"]
-
-    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.layer_norm(x, (H,), p(f"{name}.weight"), p(f"{name}.bias"), CFG.layer_norm_eps)
-
+    prefix = "img_model.bert.img_embeddings."
+    weights = {k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)}
     with torch.no_grad():
-        f, b = torch.as_tensor(feats)[None], torch.as_tensor(boxes7)[None]
-        regions = ln(ln(F.linear(f, p("img_linear.weight"), p("img_linear.bias")), "img_layer_norm")
-                     + ln(F.linear(b, p("pos_linear.weight"), p("pos_linear.bias")), "pos_layer_norm")
-                     + hf.embeddings.token_type_embeddings.weight[1], "LayerNorm")
+        regions = reference_regions(weights, CFG, hf.embeddings.token_type_embeddings.weight[1], feats, boxes7)
         cls = hf.embeddings(input_ids=torch.tensor([[101]]))
         hidden = hf.encoder(torch.cat([cls, regions], 1)).last_hidden_state[:, 0]
         return _proj(s, "img_model", hidden).numpy()
@@ -264,8 +249,8 @@ def test_config_errors_name_the_problem(tmp_path):
     assert EncoderConfig.load(None).hidden_size == 768
 
 
-def test_image_input_validation():
-    model = LightningDOT.random(TINY_CONFIG)
+def test_image_input_validation(tiny_encoder):
+    model = tiny_encoder
     feats, boxes, counts = _regions([3])
     with pytest.raises(ValueError, match="6 or 7"):
         model.encode_images(feats, boxes[..., :4], counts)

@@ -16,7 +16,7 @@ from index.search import SearchIndex
 from index.settings import BuildSettings
 from pipeline.build_index_job import build_index
 from tests.helpers_index import BEAM, write_embeddings
-from tests.helpers_minilm import CAPTIONS, minilm_model
+from tests.helpers_minilm import CAPTIONS
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -74,11 +74,6 @@ def test_bad_inputs_and_settings_are_clear_errors(tiny):
         QueryEncoder(tiny, "int4")
     with pytest.raises(ValueError, match="threads must be >= 1"):
         QueryEncoder(tiny, "fp32", threads=0)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return minilm_model()
 
 
 @pytest.mark.slow

@@ -14,23 +14,22 @@ import torch
 pytest.importorskip("detectron2")
 
 from encoders.regions import RegionExtractor, Regions, normalize_boxes
+from encoders.regions.config_files import DEFAULT_CONFIG, TINY_CONFIG
 from encoders.regions.weights import WeightsError
+from tests.helpers_pipeline import REPO
 from tests.helpers_regions import (
-    REPO,
-    TINY_CONFIG,
     caffe_attributes,
     caffe_keep,
     caffe_max_conf,
     photos,
-    tiny_extractor,
 )
 
 
 @pytest.fixture(scope="module")
-def extracted() -> tuple[list[np.ndarray], list[dict], list[Regions]]:
+def extracted(tiny_detector) -> tuple[list[np.ndarray], list[dict], list[Regions]]:
     """One batch of four photos: the raw model outputs and the selected regions."""
     ims = photos()
-    ex = tiny_extractor()
+    ex = tiny_detector
     raws = ex.extract_raw(ims)
     return ims, raws, [ex.select(raw) for raw in raws]
 
@@ -87,7 +86,7 @@ def test_boxes_in_original_pixels_and_norm_bb(results):
         np.testing.assert_allclose(r.norm_bb[:, 5], r.norm_bb[:, 3] - r.norm_bb[:, 1], atol=1e-6)
 
 
-def test_soft_labels_background_first(extracted):
+def test_soft_labels_background_first(extracted, tiny_detector):
     _, raws, regs = extracted
     raw = raws[0]
     for r in regs:
@@ -95,17 +94,17 @@ def test_soft_labels_background_first(extracted):
         # conf is one of the object-class probabilities (never background)
         assert np.all(r.conf <= r.soft_labels[:, 1:].max(1) + 1e-7)
     # background is column 0: the model's last logit moved to the front
-    model = tiny_extractor().model
+    model = tiny_detector.model
     feats = torch.from_numpy(raw["features"][:5])
     probs = torch.softmax(model.roi_heads.box_predictor.cls_score(feats), dim=-1).detach().numpy()
     np.testing.assert_allclose(raw["probs"][:5, 0], probs[:, -1], rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(raw["probs"][:5, 1:], probs[:, :-1], rtol=1e-4, atol=1e-8)
 
 
-def test_deterministic_and_fingerprint(results, tmp_path):
+def test_deterministic_and_fingerprint(results, tmp_path, tiny_detector):
     """A freshly built extractor gives bit-identical regions for the same batch."""
     ims, regs = results
-    a = tiny_extractor()
+    a = tiny_detector
     b = RegionExtractor.from_config(TINY_CONFIG, batch_size=4)
     assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("random-")
     # workers build from a dump of the merged config: same fingerprint
@@ -118,9 +117,9 @@ def test_deterministic_and_fingerprint(results, tmp_path):
         np.testing.assert_array_equal(ra.conf, rb.conf)
 
 
-def test_batch_equals_single(results):
+def test_batch_equals_single(results, tiny_detector):
     ims, batched = results
-    ex = tiny_extractor()
+    ex = tiny_detector
     singles = [ex.extract([im])[0] for im in ims]
     for rs, rb in zip(singles, batched, strict=True):
         assert rs.num_boxes == rb.num_boxes
@@ -132,8 +131,8 @@ def test_batch_equals_single(results):
     np.testing.assert_allclose(singles[1].features, mixed.features, rtol=1e-4, atol=1e-4)
 
 
-def test_rejects_bad_images():
-    ex = tiny_extractor()
+def test_rejects_bad_images(tiny_detector):
+    ex = tiny_detector
     with pytest.raises(ValueError, match="uint8 RGB"):
         ex.extract([np.zeros((20, 20), dtype=np.uint8)])
     with pytest.raises(ValueError, match="uint8 RGB"):
@@ -202,8 +201,8 @@ def _caffe_pkl(sd: dict[str, torch.Tensor], num_anchors: int) -> dict[str, np.nd
     return blobs
 
 
-def test_pkl_with_caffe2_names_loads(tmp_path):
-    base = tiny_extractor()
+def test_pkl_with_caffe2_names_loads(tmp_path, tiny_detector):
+    base = tiny_detector
     sd = _perturbed_state(base.model)
     blobs = _caffe_pkl(sd, num_anchors=12)
     assert "res2_0_branch2a_w" in blobs and "res5_0_branch1_bn_riv" in blobs and "cls_embedding_w" in blobs
@@ -261,13 +260,13 @@ def _published_pkl(path, sd: dict[str, torch.Tensor], cell_anchors: np.ndarray, 
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, tiny_detector):
     """Random (perturbed) weights written twice: as a published-layout .pkl and as our .pth."""
-    base = tiny_extractor().model
+    base = tiny_detector.model
     sd = _perturbed_state(base)
     # random region features share one large direction: centre the class and attribute layers on their mean so
     # that regions differ in class and attribute (a degenerate "all the same" case would test little)
-    mean = torch.from_numpy(np.concatenate([r["features"] for r in tiny_extractor().extract_raw(photos()[:2])]).mean(0))
+    mean = torch.from_numpy(np.concatenate([r["features"] for r in tiny_detector.extract_raw(photos()[:2])]).mean(0))
     gen = torch.Generator().manual_seed(11)
     p = "roi_heads.box_predictor."
     sd[p + "cls_score.bias"] = -(sd[p + "cls_score.weight"] @ mean)
@@ -384,8 +383,8 @@ def test_attribute_and_class_order_on_a_constructed_case():
     np.testing.assert_allclose(raw["attr_probs"][:, 0], np.exp(2) / (np.exp(5) + np.exp(2) + 399), rtol=1e-5)
 
 
-def test_pth_state_dict_and_mismatch_errors(tmp_path):
-    sd = _perturbed_state(tiny_extractor().model)
+def test_pth_state_dict_and_mismatch_errors(tmp_path, tiny_detector):
+    sd = _perturbed_state(tiny_detector.model)
     good = tmp_path / "w.pth"
     torch.save({"model": sd}, good)
     ex = RegionExtractor.from_config(TINY_CONFIG, weights=str(good))
@@ -402,10 +401,9 @@ def test_pth_state_dict_and_mismatch_errors(tmp_path):
     assert "cls_score.weight" in msg and "(11, 2048)" in msg and "(1601, 2048)" in msg
     assert "roi_heads.res5.0.conv1.weight" in msg and "something.extra" in msg
     # the published config does not take the tiny weights
-    from tests.helpers_regions import BUTD_CONFIG
 
     with pytest.raises(WeightsError, match="shape mismatch"):
-        RegionExtractor.from_config(BUTD_CONFIG, weights=str(good))
+        RegionExtractor.from_config(DEFAULT_CONFIG, weights=str(good))
 
 
 def test_pkl_refuses_arbitrary_objects(tmp_path):
@@ -422,7 +420,7 @@ def test_pkl_refuses_arbitrary_objects(tmp_path):
 def test_published_config_matches_the_paper_model():
     from encoders.regions.modeling import load_config
 
-    cfg = load_config(str(REPO / "encoders" / "regions" / "configs" / "butd_r101_c4.yaml"))
+    cfg = load_config(str(DEFAULT_CONFIG))
     assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1600
     assert cfg.MODEL.BUTD.NUM_ATTRIBUTES == 400 and cfg.MODEL.BUTD.RES5_OUT_CHANNELS == 2048
     assert list(cfg.MODEL.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717] and list(cfg.MODEL.PIXEL_STD) == [1, 1, 1]
@@ -439,8 +437,8 @@ def test_published_config_matches_the_paper_model():
     del build_model
 
 
-def test_caffe_stem_ceil_mode_and_res5_resolution():
-    model = tiny_extractor().model
+def test_caffe_stem_ceil_mode_and_res5_resolution(tiny_detector):
+    model = tiny_detector.model
     x = torch.zeros(1, 3, 65, 97)
     stem = model.backbone.stem(x)
     # conv -> 33x49; Caffe pool (no pad, ceil): ceil(30/2)+1 = 16, ceil(46/2)+1 = 24 (stock detectron2: 17x25)
@@ -464,7 +462,7 @@ def test_import_without_detectron2_gives_install_hint():
     assert "ERR" in out.stdout and "scripts/install_detectron2.py" in out.stdout
 
 
-def test_rpn_follows_the_caffe_proposal_layer():
+def test_rpn_follows_the_caffe_proposal_layer(tiny_detector):
     """CaffeRPN's proposals == py-faster-rcnn's proposal layer, transcribed (decode, clip, min size, NMS)."""
     from encoders.regions.modeling import caffe_generate_anchors, caffe_proposals
     from tests.helpers_regions import caffe_proposal_layer
@@ -486,19 +484,19 @@ def test_rpn_follows_the_caffe_proposal_layer():
     np.testing.assert_allclose(boxes.numpy(), ref_boxes, rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(scores.numpy(), ref_scores)
     # the published config's RPN is this one, with anchors of the model's own generator
-    model = tiny_extractor().model
+    model = tiny_detector.model
     assert type(model.proposal_generator).__name__ == "CaffeRPN"
     grid = model.proposal_generator.anchor_generator([torch.zeros(1, 1, 2, 3)])[0].tensor.numpy()
     np.testing.assert_array_equal(grid[:12], cell)
     np.testing.assert_array_equal(grid[12:24], cell + np.array([16, 0, 16, 0]))
 
 
-def test_preprocess_scale_and_resize_follow_caffe():
+def test_preprocess_scale_and_resize_follow_caffe(tiny_detector):
     from encoders.regions.extractor import caffe_test_scale
 
     assert caffe_test_scale(480, 640, 600, 1000) == 600 / 480
     assert caffe_test_scale(300, 1200, 600, 1000) == 1000 / 1200  # the longer side caps the scale
-    ex = tiny_extractor()  # test scale 224 / 384
+    ex = tiny_detector  # test scale 224 / 384
     im = photo_gradient(30, 50)
     x, scale = ex.preprocess(im)
     assert scale == 224 / 30 and tuple(x.shape) == (3, 224, round(50 * 224 / 30))

@@ -16,15 +16,10 @@ from transformers import BertConfig, BertModel
 from encoders.checkpoint import CheckpointError
 from encoders.config import TINY_CONFIG, EncoderConfig
 from encoders.reranker import UniterReranker
+from tests.helpers_uniter import reference_regions, region_embedding_weights
 
 CFG = EncoderConfig.from_json(TINY_CONFIG)
 H = CFG.hidden_size
-IMG_EMB = {
-    "img_linear.weight": (H, CFG.feature_dim), "img_linear.bias": (H,), "img_layer_norm.weight": (H,),
-    "img_layer_norm.bias": (H,), "pos_linear.weight": (H, 7), "pos_linear.bias": (H,),
-    "pos_layer_norm.weight": (H,), "pos_layer_norm.bias": (H,), "LayerNorm.weight": (H,), "LayerNorm.bias": (H,),
-    "mask_embedding.weight": (2, CFG.feature_dim),
-}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +39,8 @@ def published() -> dict:
                 p.mul_(2)
     hf.eval()
     state = {f"uniter.{k}": v.clone() for k, v in hf.state_dict().items()}
-    for k, shape in IMG_EMB.items():
-        value = torch.randn(shape, generator=gen) * 0.05
-        state[f"uniter.img_embeddings.{k}"] = value + 1.0 if k.endswith(("norm.weight", "LayerNorm.weight")) else value
+    for k, value in region_embedding_weights(CFG, gen).items():
+        state[f"uniter.img_embeddings.{k}"] = value
     # heads of a trained model's scale: logits of a few units
     state["itm_output.weight"] = torch.randn(2, H, generator=gen) * 0.3
     state["itm_output.bias"] = torch.randn(2, generator=gen)
@@ -58,18 +52,10 @@ def published() -> dict:
 def reference_score(ref: dict, ids: np.ndarray, feats: np.ndarray, boxes7: np.ndarray, head: str = "rank") -> float:
     """UNITER's retrieval score for one unpadded pair: HF text embeddings + hand-made region embeddings."""
     s, hf = ref["state"], ref["hf"]
-
-    def p(name: str) -> torch.Tensor:
-        return s[f"uniter.img_embeddings.{name}"]
-
-    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.layer_norm(x, (H,), p(f"{name}.weight"), p(f"{name}.bias"), CFG.layer_norm_eps)
-
+    prefix = "uniter.img_embeddings."
+    weights = {k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)}
     with torch.no_grad():
-        f, b = torch.as_tensor(feats)[None], torch.as_tensor(boxes7)[None]
-        regions = ln(ln(F.linear(f, p("img_linear.weight"), p("img_linear.bias")), "img_layer_norm")
-                     + ln(F.linear(b, p("pos_linear.weight"), p("pos_linear.bias")), "pos_layer_norm")
-                     + hf.embeddings.token_type_embeddings.weight[1], "LayerNorm")
+        regions = reference_regions(weights, CFG, hf.embeddings.token_type_embeddings.weight[1], feats, boxes7)
         text = hf.embeddings(input_ids=torch.as_tensor(ids)[None])  # positions 0..T-1, token type 0
         pooled = hf.pooler(hf.encoder(torch.cat([text, regions], 1)).last_hidden_state)
         w, bias = ((s["itm_output.weight"][1:], s["itm_output.bias"][1:]) if head == "itm"

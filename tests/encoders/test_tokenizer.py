@@ -46,7 +46,7 @@ def test_truncation_keeps_sep(vocab):
     assert tok.tokenize("a dog on the beach a dog") == ["[CLS]", "a", "dog", "on", "[SEP]"]
 
 
-def test_missing_or_bad_vocab_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_or_bad_vocab_is_a_clear_error(tmp_path, monkeypatch, tiny_encoder):
     monkeypatch.delenv("LDOT_VOCAB", raising=False)
     with pytest.raises(VocabError, match="--vocab"):
         find_vocab(None, tmp_path / "model.pt")
@@ -54,7 +54,7 @@ def test_missing_or_bad_vocab_is_a_clear_error(tmp_path, monkeypatch):
     bad.write_text("hello\nworld\n")
     with pytest.raises(VocabError, match=r"lacks \['\[PAD\]'"):
         WordPieceTokenizer(bad)
-    model = LightningDOT.random(TINY_CONFIG)
+    model = tiny_encoder
     with pytest.raises(VocabError, match="vocab"):
         model.encode_captions(["a dog"])
 

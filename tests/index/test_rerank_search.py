@@ -9,7 +9,6 @@ import types
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
@@ -18,8 +17,7 @@ from encoders.regions.formats.regions_lookup import open_region_store
 from encoders.reranker import UniterReranker
 from index.rerank import MissingRegionsError, PairScorer, RerankingSearch, rerank_order
 from index.search import SearchIndex
-from jobs.cli import main
-from tests.helpers_index import write_embeddings
+from tests.helpers_index import spread_weights, write_embeddings, write_vocab
 from tests.helpers_regions import make_regions
 
 WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
@@ -28,25 +26,13 @@ QUERY = "the red dog runs on the beach ."
 N = 8
 
 
-def _spread(model: torch.nn.Module, factor: float) -> None:
-    """BERT's N(0, 0.02) init makes every output nearly the same; larger weights make inputs score apart."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(factor)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_checkpoint, ldot):
     root = tmp_path_factory.mktemp("rerank")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    encoder = LightningDOT.random(TINY_CONFIG, seed=0)
-    _spread(encoder.model.txt_model, 25)
-    encoder.save(root / "ldot.pt")
-    encoder = LightningDOT.from_checkpoint(root / "ldot.pt", vocab=str(vocab))
+    vocab = write_vocab(root / "vocab.txt", WORDS)
+    encoder = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))
     uniter = UniterReranker.random(TINY_CONFIG, seed=3)
-    _spread(uniter.model, 8)
+    spread_weights(uniter.model, 8)
     torch.save(uniter.model.state_dict(), root / "model_step_1000.pt")  # UNITER's flat uniter.* layout
     reranker = UniterReranker.from_checkpoint(root / "model_step_1000.pt", TINY_CONFIG, vocab=str(vocab))
 
@@ -67,10 +53,10 @@ def setup(tmp_path_factory):
         vectors[image] = q * (1.0 + cross_rank)
     write_embeddings(root / "emb.parquet", vectors, ids=ids, model=encoder.fingerprint)
     index = str(root / "index")
-    result = CliRunner().invoke(main, ["build-index", str(root / "emb.parquet"), "--output", index,
-                                       "--shards", "2", "--queries", "4", "--direct_num_workers", "1"])
+    result = ldot("build-index", str(root / "emb.parquet"), "--output", index,
+                  "--shards", "2", "--queries", "4", "--direct_num_workers", "1")
     assert result.exit_code == 0, result.output
-    return types.SimpleNamespace(root=root, vocab=str(vocab), ldot=str(root / "ldot.pt"), encoder=encoder,
+    return types.SimpleNamespace(root=root, vocab=str(vocab), ldot=str(tiny_checkpoint), encoder=encoder,
                                  uniter=str(root / "model_step_1000.pt"), reranker=reranker, ids=ids, index=index,
                                  regions=str(root / "regions"), region_data=regions, cross=cross, by_cross=by_cross,
                                  vectors=vectors)
@@ -113,14 +99,14 @@ def test_missing_regions_are_named(setup, tmp_path):
         scorer([QUERY, QUERY], ["photo-3", "photo-0"])
 
 
-def search_cli(setup, *args):
-    return CliRunner().invoke(main, ["search", setup.index, QUERY, "--checkpoint", setup.ldot, "--vocab",
-                                     setup.vocab, *args])
+def search_cli(ldot, setup, *args):
+    return ldot("search", setup.index, QUERY, "--checkpoint", setup.ldot, "--vocab",
+                setup.vocab, *args)
 
 
-def test_search_cli_rerank_json_text_and_html(setup, tmp_path):
+def test_search_cli_rerank_json_text_and_html(setup, tmp_path, ldot):
     html = tmp_path / "r.html"
-    result = search_cli(setup, "--rerank", setup.uniter, "--rerank-top", str(N), "-k", "5", "--regions",
+    result = search_cli(ldot, setup, "--rerank", setup.uniter, "--rerank-top", str(N), "-k", "5", "--regions",
                         setup.regions, "--rerank-config", str(TINY_CONFIG), "--json", "--html", str(html))
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -130,29 +116,30 @@ def test_search_cli_rerank_json_text_and_html(setup, tmp_path):
     assert out["rerank"]["fingerprint"] == setup.reranker.fingerprint
     page = html.read_text()
     assert page.count("UNITER ") == 5 and "dot " in page
-    text = search_cli(setup, "--rerank", setup.uniter, "-k", "3", "--regions", setup.regions,
+    text = search_cli(ldot, setup, "--rerank", setup.uniter, "-k", "3", "--regions", setup.regions,
                       "--rerank-config", str(TINY_CONFIG))  # M defaults to max(20, k): every image here
     assert text.exit_code == 0, text.output
     first = text.stdout.splitlines()[1]
     assert setup.ids[setup.by_cross[0]] in first and f"(#{N})" in first and "dot" in first
-    itm = search_cli(setup, "--rerank", setup.uniter, "-k", "3", "--regions", setup.regions,
+    itm = search_cli(ldot, setup, "--rerank", setup.uniter, "-k", "3", "--regions", setup.regions,
                      "--rerank-config", str(TINY_CONFIG), "--rerank-head", "itm", "--json")
     assert itm.exit_code == 0 and json.loads(itm.stdout)["rerank"]["scores_with"] == "itm_output[1]"
 
 
-def test_search_cli_rerank_errors(setup, tmp_path):
+def test_search_cli_rerank_errors(setup, tmp_path, ldot):
     cfg = ["--rerank-config", str(TINY_CONFIG)]
-    no_regions = search_cli(setup, "--rerank", setup.uniter, *cfg)
+    no_regions = search_cli(ldot, setup, "--rerank", setup.uniter, *cfg)
     assert no_regions.exit_code == 2 and "--rerank needs --regions" in no_regions.output
-    stray = search_cli(setup, "--regions", setup.regions)
+    stray = search_cli(ldot, setup, "--regions", setup.regions)
     assert stray.exit_code == 2 and "only apply with --rerank" in stray.output
-    small = search_cli(setup, "--rerank", setup.uniter, "--regions", setup.regions, "--rerank-top", "3", "-k", "5")
+    small = search_cli(ldot, setup, "--rerank", setup.uniter, "--regions", setup.regions, "--rerank-top", "3",
+                       "-k", "5")
     assert small.exit_code == 2 and "at least -k" in small.output
-    wrong_size = search_cli(setup, "--rerank", setup.uniter, "--regions", setup.regions)  # UNITER-base config
+    wrong_size = search_cli(ldot, setup, "--rerank", setup.uniter, "--regions", setup.regions)  # UNITER-base config
     assert wrong_size.exit_code == 2 and "shape mismatch" in wrong_size.output
     with RegionsWriter(tmp_path, rows_per_file=50) as w:
         w.write("photo-0", None, setup.region_data["photo-0"])
-    partial = search_cli(setup, "--rerank", setup.uniter, "--regions", str(tmp_path), *cfg)
+    partial = search_cli(ldot, setup, "--rerank", setup.uniter, "--regions", str(tmp_path), *cfg)
     assert partial.exit_code == 2 and "no region features for" in partial.output
 
 
@@ -182,7 +169,7 @@ def expected_rerank(setup, captions, k, top_m):
     return float(np.mean(t2i)), float(np.mean(i2t))
 
 
-def test_eval_cli_recall_before_and_after(setup, tmp_path):
+def test_eval_cli_recall_before_and_after(setup, tmp_path, ldot):
     captions = [(i, [f"the {c} {s} runs on the {p} .", f"a {s} sleeps in the {p} ."]) for i, (c, s, p) in
                 zip(setup.ids, [("red", "dog", "beach"), ("blue", "cat", "park"), ("green", "man", "snow"),
                                 ("red", "child", "park"), ("blue", "dog", "snow"), ("green", "cat", "beach"),
@@ -194,7 +181,7 @@ def test_eval_cli_recall_before_and_after(setup, tmp_path):
             setup.ldot, "--vocab", setup.vocab, "--device", "cpu", "--k", "1,3", "--rerank", setup.uniter,
             "--rerank-top", "4", "--regions", setup.regions, "--rerank-config", str(TINY_CONFIG), "--json",
             str(report), "--plot", str(png)]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    result = ldot(*args)
     assert result.exit_code == 0, result.output
     rep = json.loads(report.read_text())
     rr = rep["rerank"]
@@ -211,8 +198,8 @@ def test_eval_cli_recall_before_and_after(setup, tmp_path):
     assert any(rr[d]["difference"][k] != 0 for d in ("text_to_image", "image_to_text") for k in ("1", "3"))
     assert "rerank@4" in result.stdout and "Δ rerank" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    small = CliRunner().invoke(main, [*args[:-4], "--rerank-top", "2"])
+    small = ldot(*args[:-4], "--rerank-top", "2")
     assert small.exit_code == 2 and "at least the largest k" in small.output
     no_model = [a for a in args[:-4] if a != setup.uniter and a != "--rerank"]
-    stray = CliRunner().invoke(main, no_model)
+    stray = ldot(*no_model)
     assert stray.exit_code == 2 and "--rerank and --regions go together" in stray.output

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
-from jobs.cli import main
-from tests.helpers_index import write_embeddings
+from tests.helpers_index import write_embeddings, write_vocab
 
 WORDS = ["a", "the", "dog", "cat", "man", "child", "red", "blue", "green", "runs", "sleeps", "on", "in", "beach",
          "park", "snow", "."]
@@ -24,20 +20,12 @@ CAPTIONS = [f"the {c} {s} {v} on the {p} ." for c, s, v, p in
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_checkpoint, ldot):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("search")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    model = LightningDOT.random(TINY_CONFIG, seed=0)
-    with torch.no_grad():  # spread the random text tower's outputs (N(0, 0.02) weights make them near-parallel)
-        for p in model.model.txt_model.parameters():
-            if p.ndim == 2:
-                p.mul_(25)
-    checkpoint = root / "tiny.pt"
-    model.save(checkpoint)
-    model = LightningDOT.from_checkpoint(checkpoint, vocab=str(vocab))
+    vocab = write_vocab(root / "vocab.txt", WORDS)
+    model = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))
     # image i's embedding = caption i's unit text embedding, so caption i ranks image i first
     text = model.encode_captions(CAPTIONS)
     images = text / np.linalg.norm(text, axis=1, keepdims=True)
@@ -55,8 +43,8 @@ def setup(tmp_path_factory):
     table = table.set_column(table.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string()))
     pq.write_table(table, emb)
     index_root = str(root / "index")
-    result = CliRunner().invoke(main, ["build-index", str(emb), "--output", index_root, "--shards", "2",
-                                       "--queries", "4", "--direct_num_workers", "1"])
+    result = ldot("build-index", str(emb), "--output", index_root, "--shards", "2",
+                  "--queries", "4", "--direct_num_workers", "1")
     assert result.exit_code == 0, result.output
-    return type("S", (), dict(root=root, vocab=str(vocab), checkpoint=str(checkpoint), index=index_root,
+    return type("S", (), dict(root=root, vocab=str(vocab), checkpoint=str(tiny_checkpoint), index=index_root,
                               model=model, ids=ids, build_output=result.output))

@@ -9,14 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from click.testing import CliRunner
 
 from encoders.config import TINY_CONFIG
 from encoders.lightningdot import LightningDOT
 from index.settings import BuildSettings
-from jobs.cli import main
 from pipeline.build_index_job import build_index
+from tests.helpers_index import write_vocab
 
 WORDS = [
     "a", "an", "the", "dog", "cat", "man", "woman", "child", "bike", "ball", "red", "blue", "green", "big", "small",
@@ -37,20 +35,10 @@ def make_captions(n_images: int) -> list[tuple[str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("eval")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "A", "Two", "The"]) + "\n")
-    # a tiny checkpoint whose text tower tells captions apart: BERT's N(0, 0.02) init makes every output nearly
-    # parallel (cosine 0.99999, so float32 scores tie); weights x25 give cosines ~0.7, like a trained model
-    random_model = LightningDOT.random(TINY_CONFIG, seed=0)
-    with torch.no_grad():
-        for p in random_model.model.txt_model.parameters():
-            if p.ndim == 2:
-                p.mul_(25)
-    checkpoint = root / "tiny.pt"
-    random_model.save(checkpoint)
-    model = LightningDOT.from_checkpoint(checkpoint, vocab=str(vocab))
+    vocab = write_vocab(root / "vocab.txt", [*WORDS, "A", "Two", "The"])
+    model = LightningDOT.from_checkpoint(tiny_checkpoint, vocab=str(vocab))  # a text tower that tells captions apart
     data = make_captions(24)
     # image embedding = unit vector along its FIRST caption's text embedding: that caption then scores its own
     # image above every other (q·q/|q| = |q| >= q·x for any unit x), so text->image R@1 >= 1/3 by construction
@@ -77,16 +65,16 @@ def setup(tmp_path_factory):
                                          for c in caps]
     csv_path = root / "captions.csv"
     csv_path.write_text("\n".join(csv_rows) + "\n")
-    return types.SimpleNamespace(root=root, vocab=str(vocab), model=model, checkpoint=str(checkpoint), data=data,
+    return types.SimpleNamespace(root=root, vocab=str(vocab), model=model, checkpoint=str(tiny_checkpoint), data=data,
                                  emb=str(emb), ids=ids,
                                  vectors=vec, karpathy=str(karpathy), csv=str(csv_path), missing=missing_name)
 
 
-def run_eval(setup, *args, ok=True):
+def run_eval(ldot, setup, *args, ok=True):
     model = ["--random-weights", "--encoder-config", str(TINY_CONFIG)] if "--seed" in args else \
         ["--checkpoint", setup.checkpoint]
     base = ["eval", "--embeddings", setup.emb, *model, "--vocab", setup.vocab, "--device", "cpu"]
-    result = CliRunner().invoke(main, [*base, *args], catch_exceptions=False)
+    result = ldot(*base, *args)
     if ok:
         assert result.exit_code == 0, result.output
     return result
@@ -103,9 +91,9 @@ def expected_t2i(setup, names_captions, k):
     return float(np.mean([gallery.index(o) in row[:k] for row, o in zip(order, owners, strict=True)]))
 
 
-def test_cli_karpathy_end_to_end(setup, tmp_path):
+def test_cli_karpathy_end_to_end(setup, tmp_path, ldot):
     out_json, out_png = tmp_path / "report.json", tmp_path / "recall.png"
-    result = run_eval(setup, "--captions", setup.karpathy, "--split", "test", "--json", str(out_json),
+    result = run_eval(ldot, setup, "--captions", setup.karpathy, "--split", "test", "--json", str(out_json),
                       "--plot", str(out_png), "--reference", "flickr30k", "--k", "1,5,10")
     rep = json.loads(out_json.read_text())
     # image 8 is in train; image 23 has no embedding: reported, not dropped silently
@@ -126,28 +114,28 @@ def test_cli_karpathy_end_to_end(setup, tmp_path):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_csv_agrees_with_karpathy(setup, tmp_path):
+def test_cli_csv_agrees_with_karpathy(setup, tmp_path, ldot):
     a, b = tmp_path / "k.json", tmp_path / "c.json"
-    run_eval(setup, "--captions", setup.karpathy, "--split", "test", "--json", str(a))
-    run_eval(setup, "--captions", setup.csv, "--json", str(b))
+    run_eval(ldot, setup, "--captions", setup.karpathy, "--split", "test", "--json", str(a))
+    run_eval(ldot, setup, "--captions", setup.csv, "--json", str(b))
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ra["exact"] == rb["exact"] and ra["missing"] == rb["missing"]
 
 
-def test_cli_refuses_embeddings_of_another_model(setup):
-    result = run_eval(setup, "--captions", setup.csv, "--seed", "1", ok=False)
+def test_cli_refuses_embeddings_of_another_model(setup, ldot):
+    result = run_eval(ldot, setup, "--captions", setup.csv, "--seed", "1", ok=False)
     assert result.exit_code != 0 and "made by model(s)" in result.output
-    assert run_eval(setup, "--captions", setup.csv, "--seed", "1", "--ignore-model-mismatch").exit_code == 0
+    assert run_eval(ldot, setup, "--captions", setup.csv, "--seed", "1", "--ignore-model-mismatch").exit_code == 0
 
 
-def test_cli_missing_error_policy_and_bad_mapping(setup):
-    result = run_eval(setup, "--captions", setup.csv, "--missing", "error", ok=False)
+def test_cli_missing_error_policy_and_bad_mapping(setup, ldot):
+    result = run_eval(ldot, setup, "--captions", setup.csv, "--missing", "error", ok=False)
     assert result.exit_code != 0 and setup.missing in result.output
-    result = run_eval(setup, "--captions", setup.csv, "--map", "id", ok=False)
+    result = run_eval(ldot, setup, "--captions", setup.csv, "--map", "id", ok=False)
     assert result.exit_code != 0 and "none of the" in result.output
 
 
-def test_cli_with_index_side_by_side(setup, tmp_path):
+def test_cli_with_index_side_by_side(setup, tmp_path, ldot):
     """The ``--index`` path through a real approximate index over the same 23 embeddings: IVF-PQ with 4-byte codes
     (PQ8x4) loses some true first hits to quantization, so the difference column has something to show. Every row
     trains the quantizers (no held-out queries: 23 rows are barely enough for 16 centroids per sub-quantizer)."""
@@ -155,7 +143,7 @@ def test_cli_with_index_side_by_side(setup, tmp_path):
     build_index([setup.emb], root, BuildSettings(factory="IVF2,PQ8x4", nprobe=2, selfcheck_queries=0),
                 beam_args=["--runner=FnApiRunner"])
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    result = run_eval(setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json),
+    result = run_eval(ldot, setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json),
                       "--plot", str(out_png), "--gallery", "all")
     rep = json.loads(out_json.read_text())
     idx = rep["index"]
@@ -168,13 +156,13 @@ def test_cli_with_index_side_by_side(setup, tmp_path):
     assert out_png.stat().st_size > 10_000
 
 
-def test_cli_with_a_built_flat_index_matches_exact(setup, tmp_path):
+def test_cli_with_a_built_flat_index_matches_exact(setup, tmp_path, ldot):
     """A real index (``ldot build-index`` code, auto factory = Flat for 23 vectors): the ANN column equals exact
     search over the same embeddings, difference 0."""
     root = str(tmp_path / "index")
     build_index([setup.emb], root, BuildSettings(shards=2, selfcheck_queries=10), beam_args=["--runner=FnApiRunner"])
     out_json = tmp_path / "r.json"
-    run_eval(setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json))
+    run_eval(ldot, setup, "--captions", setup.karpathy, "--index", root, "--json", str(out_json))
     rep = json.loads(out_json.read_text())
     idx = rep["index"]
     assert idx["vectors"] == 23 and "Flat" in idx["factory"] and idx["model"] == setup.model.fingerprint

@@ -8,16 +8,15 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 pytest.importorskip("detectron2")
 
+from encoders.regions.config_files import TINY_CONFIG
 from encoders.regions.formats import read_regions
 from encoders.regions.formats.regions_lookup import build_regions_map, open_region_store, read_regions_map
-from jobs.cli import main
 from tests.helpers_pipeline import read_table
-from tests.helpers_regions import TINY_CONFIG, photo
+from tests.helpers_regions import photo
 
 
 @pytest.fixture()
@@ -31,15 +30,13 @@ def image_dir(tmp_path):
     return root
 
 
-def test_cli_end_to_end(tmp_path, image_dir):
+def test_cli_end_to_end(tmp_path, image_dir, ldot):
     out = tmp_path / "out"
     extra = tmp_path / "chelsea.jpg"
     Image.fromarray(photo("chelsea", 150, 200)).save(extra)
-    result = CliRunner().invoke(main, [
-        "regions", str(image_dir), str(extra), str(tmp_path / "missing.jpg"), "--output", str(out),
-        "--detector-config", str(TINY_CONFIG), "--random-weights", "--batch-size", "2", "--device", "cpu",
-        "--rows-per-file", "2",
-    ])
+    result = ldot("regions", str(image_dir), str(extra), str(tmp_path / "missing.jpg"), "--output", str(out),
+                  "--detector-config", str(TINY_CONFIG), "--random-weights", "--batch-size", "2", "--device", "cpu",
+                  "--rows-per-file", "2")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["images"] == 3 and summary["failures"] == 2
@@ -70,22 +67,20 @@ def test_cli_end_to_end(tmp_path, image_dir):
     assert all(f["error"] and f["message"] and f["uri"] for f in failures)
 
 
-def test_cli_glob_and_no_soft_labels(tmp_path, image_dir):
+def test_cli_glob_and_no_soft_labels(tmp_path, image_dir, ldot):
     out = tmp_path / "out2"
-    result = CliRunner().invoke(main, [
-        "regions", str(image_dir / "**" / "*.png"), "--output", str(out), "--detector-config", str(TINY_CONFIG),
-        "--random-weights", "--no-soft-labels", "--device", "cpu",
-    ])
+    result = ldot("regions", str(image_dir / "**" / "*.png"), "--output", str(out), "--detector-config",
+                  str(TINY_CONFIG), "--random-weights", "--no-soft-labels", "--device", "cpu")
     assert result.exit_code == 0, result.output
     got = dict(read_regions(out / "regions"))
     assert list(got) == ["sub/coffee.png"] and got["sub/coffee.png"].soft_labels is None
     assert read_table(out / "failures") == []
 
 
-def test_cli_requires_weights_or_random(tmp_path, image_dir):
-    result = CliRunner().invoke(main, ["regions", str(image_dir), "--output", str(tmp_path / "o")])
+def test_cli_requires_weights_or_random(tmp_path, image_dir, ldot):
+    result = ldot("regions", str(image_dir), "--output", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "--detector-weights" in result.output and "--random-weights" in result.output
-    both = CliRunner().invoke(main, ["regions", str(image_dir), "--output", str(tmp_path / "o"),
-                                     "--random-weights", "--detector-weights", "w.pkl"])
+    both = ldot("regions", str(image_dir), "--output", str(tmp_path / "o"),
+                "--random-weights", "--detector-weights", "w.pkl")
     assert both.exit_code == 2 and "not both" in both.output

@@ -21,8 +21,8 @@ from core.errors import EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GU
 from index import layout
 from pipeline import nightly
 from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.helpers_nightly import REPO, assert_same_index, cli_env, live_vectors, settings
-from tests.helpers_pipeline import DEMO_IMAGES, TINY_ENCODER
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live_vectors, settings
+from tests.helpers_pipeline import TINY_ENCODER
 
 FIRST = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
 FINAL = ("astronaut.jpg", "coffee.jpg", "retina.jpg")  # after change_corpus
@@ -33,8 +33,7 @@ def run(root: Path, **over) -> tuple[int, dict]:
 
 
 def put(root: Path, name: str, source: str | None = None) -> None:
-    (root / "corpus").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DEMO_IMAGES / (source or name), root / "corpus" / name)
+    copy_demo_photos(root / "corpus", name, **({name: source} if source else {}))
 
 
 def change_corpus(root: Path) -> None:
@@ -78,21 +77,9 @@ def killed(p: subprocess.CompletedProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory) -> Path:
-    """A work dir and index root after one clean nightly run over FIRST (published)."""
-    root = tmp_path_factory.mktemp("seeded")
-    for name in FIRST:
-        put(root, name)
-    code, report = run(root)
-    assert code == EXIT_OK and report["status"] == "published", report
-    return root
-
-
-@pytest.fixture
-def state(seeded, tmp_path) -> Path:
-    root = tmp_path / "s"
-    shutil.copytree(seeded, root)
-    return root
+def nightly_inputs() -> dict[str, tuple[str, ...]]:
+    """``nightly_seeded`` (tests/pipeline/conftest.py): one clean nightly run over FIRST (published)."""
+    return {"corpus": FIRST}
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +96,8 @@ def clean_final(tmp_path_factory) -> dict[str, np.ndarray]:
 
 # ---- incremental, unchanged, retention --------------------------------------------------------------------------
 
-def test_incremental_counts_then_unchanged_then_retention(state, clean_final):
-    root = state
+def test_incremental_counts_then_unchanged_then_retention(nightly_state, clean_final):
+    root = nightly_state
     v1 = live(root)
     before = live_vectors(root)
     change_corpus(root)
@@ -147,9 +134,9 @@ def test_incremental_counts_then_unchanged_then_retention(state, clean_final):
     assert r["retention"] == {"snapshots_deleted": [v1], "versions_deleted": [v1]}
 
 
-def test_retention_never_deletes_the_live_version(state):
+def test_retention_never_deletes_the_live_version(nightly_state):
     """keep=1 while the newest complete version is one a guard refused: the live one stays."""
-    root = state
+    root = nightly_state
     v1 = live(root)
     index_root = str(root / "index")
     refused = layout.new_version_name()
@@ -163,8 +150,8 @@ def test_retention_never_deletes_the_live_version(state):
 
 # ---- guards -----------------------------------------------------------------------------------------------------
 
-def test_failure_rate_guard_keeps_the_live_index(state):
-    root = state
+def test_failure_rate_guard_keeps_the_live_index(nightly_state):
+    root = nightly_state
     v1 = live(root)
     before = live_vectors(root)
     (root / "corpus" / "notes.jpg").write_text("not a JPEG")
@@ -180,11 +167,11 @@ def test_failure_rate_guard_keeps_the_live_index(state):
     assert base_snapshot(snaps) == v1  # the next run carries from the last snapshot that passed
 
 
-def test_recall_guard_keeps_the_live_index_and_never_publishes_the_refused_version(state):
+def test_recall_guard_keeps_the_live_index_and_never_publishes_the_refused_version(nightly_state):
     """A real build whose self-check falls below the floor. PCA to one (centred) dimension puts the two training
     vectors into two IVF lists by sign, so probing one list (nprobe 1) cannot return all 4 vectors, which are all
     true neighbours at recall@10: recall <= 3/4."""
-    root = state
+    root = nightly_state
     v1 = live(root)
     put(root, "retina.jpg")
     coarse = dict(factory="PCA1,IVF2,Flat", nprobe=1, min_recall=0.9)
@@ -279,8 +266,8 @@ def _kill_during_pipeline(root: Path, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_killed_at_every_stage_then_rerun_gives_the_clean_index(state, clean_final):
-    root = state
+def test_killed_at_every_stage_then_rerun_gives_the_clean_index(nightly_state, clean_final):
+    root = nightly_state
     index_root = str(root / "index")
     work = WorkDir(str(root / "work"))
     v1 = live(root)
@@ -356,8 +343,8 @@ def test_killed_at_every_stage_then_rerun_gives_the_clean_index(state, clean_fin
     assert statuses.count("running") == 0 and statuses.count("died") >= 6
 
 
-def test_new_model_reembeds_everything(state):
-    root = state
+def test_new_model_reembeds_everything(nightly_state):
+    root = nightly_state
     config = json.loads(Path(TINY_ENCODER).read_text())
     config["num_layers"] = 1
     (root / "encoder.json").write_text(json.dumps(config))
@@ -369,12 +356,12 @@ def test_new_model_reembeds_everything(state):
     assert layout.live_manifest(str(root / "index"))["model"] == r["model"] != report_of(root, seeded_run)["model"]
 
 
-def test_a_damaged_snapshot_is_never_taken_as_complete(state):
-    work = WorkDir(str(state / "work"))
+def test_a_damaged_snapshot_is_never_taken_as_complete(nightly_state):
+    work = WorkDir(str(nightly_state / "work"))
     (name,) = work.complete_snapshots()
-    part = next((state / "work" / "snapshots" / name / "embeddings").glob("*.parquet"))
+    part = next((nightly_state / "work" / "snapshots" / name / "embeddings").glob("*.parquet"))
     part.write_bytes(part.read_bytes()[:-10])  # a file cut short after the marker was written
     assert work.read_marker(name) is None and work.complete_snapshots() == {}
-    (state / "work" / "snapshots" / "20990101T000000.000000Z-abcdef" / "embeddings").mkdir(parents=True)
+    (nightly_state / "work" / "snapshots" / "20990101T000000.000000Z-abcdef" / "embeddings").mkdir(parents=True)
     assert work.complete_snapshots() == {}  # no marker: not a snapshot
     assert base_snapshot(work.complete_snapshots()) is None  # the next run is a full one

@@ -19,17 +19,11 @@ import yaml
 from core.errors import EXIT_ERROR, EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK
 from index import layout
 from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.helpers_nightly import REPO, assert_same_index, cli_env, live_vectors, settings
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live_vectors, settings
 from tests.helpers_pipeline import DEMO_IMAGES
 
 A = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
 B = ("chelsea.jpg", "coins.jpg", "retina.jpg")
-
-
-def put(folder: Path, *names: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        shutil.copyfile(DEMO_IMAGES / name, folder / name)
 
 
 def two_inputs(root: Path, **over) -> dict:
@@ -45,27 +39,16 @@ def live(root: Path) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory) -> Path:
-    """Two folder inputs, a/ and b/, three photos each, after one clean published run."""
-    root = tmp_path_factory.mktemp("two")
-    put(root / "a", *A)
-    put(root / "b", *B)
-    code, report = run(root)
-    assert code == EXIT_OK and report["status"] == "published", report
-    return root
-
-
-@pytest.fixture
-def state(seeded, tmp_path) -> Path:
-    root = tmp_path / "s"
-    shutil.copytree(seeded, root)
-    return root
+def nightly_inputs() -> dict[str, tuple[str, ...]]:
+    """``nightly_seeded`` (tests/pipeline/conftest.py): two folder inputs, a/ and b/, three photos each, after one
+    clean published run."""
+    return {"a": A, "b": B}
 
 
 # ---- the vanished-share guard --------------------------------------------------------------------------------------
 
-def test_an_emptied_input_folder_is_not_published_and_the_next_run_is_normal(state):
-    root = state
+def test_an_emptied_input_folder_is_not_published_and_the_next_run_is_normal(nightly_state):
+    root = nightly_state
     v1 = live(root)
     before = live_vectors(root)
     hidden = root / "b-offline"
@@ -88,7 +71,7 @@ def test_an_emptied_input_folder_is_not_published_and_the_next_run_is_normal(sta
     # the mount is back, with one new photo: carried from the last good snapshot, published
     shutil.rmtree(root / "b")
     hidden.rename(root / "b")
-    put(root / "b", "hubble_deep_field.jpg")
+    copy_demo_photos(root / "b", "hubble_deep_field.jpg")
     code, r = run(root)
     assert code == EXIT_OK and r["published"] and r["base_snapshot"] == v1, r
     c = r["counts"]
@@ -104,8 +87,8 @@ def write_manifest_csv(path: Path, uris: list[str]) -> None:
 def with_manifest(tmp_path) -> Path:
     """a/ and a manifest photos.csv of the three photos under mount/, after one clean published run."""
     root = tmp_path / "m"
-    put(root / "a", *A)
-    put(root / "mount", *B)
+    copy_demo_photos(root / "a", *A)
+    copy_demo_photos(root / "mount", *B)
     write_manifest_csv(root / "photos.csv", [str(root / "mount" / n) for n in B])
     code, r = run_nightly(NightlyConfig(**settings(root, inputs=[str(root / "a"), str(root / "photos.csv")])))
     assert code == EXIT_OK and r["counts"]["embedded"] == 6, r
@@ -143,7 +126,7 @@ def test_a_manifest_that_gains_one_bad_row_never_shrinks_the_index(with_manifest
     vanished, and the live index, built from the same images, stays as it is."""
     root = with_manifest
     v1 = live(root)
-    put(root / "mount", "hubble_deep_field.jpg")
+    copy_demo_photos(root / "mount", "hubble_deep_field.jpg")
     with (root / "photos.csv").open("a") as f:
         f.write(f"{root / 'mount' / 'hubble_deep_field.jpg'},one field too many\n")
     code, r = manifest_run(root)
@@ -152,21 +135,21 @@ def test_a_manifest_that_gains_one_bad_row_never_shrinks_the_index(with_manifest
     assert len(live_vectors(root)) == 6
 
 
-def test_an_intended_removal_passes_with_the_guard_raised(state):
-    shutil.rmtree(state / "b")
-    (state / "b").mkdir()
-    code, r = run(state, max_vanished_rate=1.0)
+def test_an_intended_removal_passes_with_the_guard_raised(nightly_state):
+    shutil.rmtree(nightly_state / "b")
+    (nightly_state / "b").mkdir()
+    code, r = run(nightly_state, max_vanished_rate=1.0)
     assert code == EXIT_OK and r["published"] and r["counts"]["vanished"] == 3, r
-    assert len(live_vectors(state)) == 3
+    assert len(live_vectors(nightly_state)) == 3
 
 
 # ---- a clock a day ahead ------------------------------------------------------------------------------------------
 
-def test_one_run_with_its_clock_a_day_ahead_changes_nothing_for_the_next_runs(state):
-    root = state
+def test_one_run_with_its_clock_a_day_ahead_changes_nothing_for_the_next_runs(nightly_state):
+    root = nightly_state
     v1 = live(root)
     tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    put(root / "a", "hubble_deep_field.jpg")
+    copy_demo_photos(root / "a", "hubble_deep_field.jpg")
     code, r2 = run(root, clock=lambda: tomorrow, keep=2)
     assert code == EXIT_OK and r2["published"], r2
     v2 = r2["version"]
@@ -191,11 +174,11 @@ def test_one_run_with_its_clock_a_day_ahead_changes_nothing_for_the_next_runs(st
 
 # ---- the deadline --------------------------------------------------------------------------------------------------
 
-def test_a_run_past_its_deadline_stops_frees_the_lock_and_keeps_the_live_index(state):
-    root = state
+def test_a_run_past_its_deadline_stops_frees_the_lock_and_keeps_the_live_index(nightly_state):
+    root = nightly_state
     v1 = live(root)
     before = live_vectors(root)
-    put(root / "a", "hubble_deep_field.jpg")
+    copy_demo_photos(root / "a", "hubble_deep_field.jpg")
     config = two_inputs(root)
     (root / "nightly.yaml").write_text(yaml.safe_dump(config))
     p = subprocess.run([sys.executable, "-m", "jobs.cli", "nightly", "--config", str(root / "nightly.yaml"),
@@ -220,10 +203,10 @@ def test_a_run_past_its_deadline_stops_frees_the_lock_and_keeps_the_live_index(s
 
 # ---- lock files left by others -------------------------------------------------------------------------------------
 
-def test_a_lock_file_naming_another_holder_is_no_lock(state):
+def test_a_lock_file_naming_another_holder_is_no_lock(nightly_state):
     """The lock is the kernel's flock, not the file's content: a file left by a dead run, or naming a live pid on
     another host, does not stop a run."""
-    root = state
+    root = nightly_state
     path = root / "work" / "nightly.lock"
     path.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "run": "old", "started": "2020-01-01"}))
     code, r = run(root)
@@ -231,12 +214,12 @@ def test_a_lock_file_naming_another_holder_is_no_lock(state):
     assert json.loads(path.read_text())["run"] == r["run"]  # the new holder's
 
 
-def test_a_holder_past_its_deadline_is_named_as_stuck(state):
-    lock = RunLock(str(state / "work" / "nightly.lock"))
+def test_a_holder_past_its_deadline_is_named_as_stuck(nightly_state):
+    lock = RunLock(str(nightly_state / "work" / "nightly.lock"))
     lock.acquire({"pid": os.getpid(), "host": "here", "run": "stuck-run", "started": "2020-01-01T00:00:00Z",
                   "deadline_at": "2020-01-01T23:00:00+00:00"})
     try:
-        code, r = run(state)
+        code, r = run(nightly_state)
     finally:
         lock.release()
     assert code == EXIT_LOCKED and "stuck-run" in r["reason"] and "past its deadline" in r["reason"], r
@@ -244,8 +227,8 @@ def test_a_holder_past_its_deadline_is_named_as_stuck(state):
 
 # ---- damaged CURRENT and snapshots ---------------------------------------------------------------------------------
 
-def test_a_current_that_names_another_folder_stops_the_run(state):
-    root = state
+def test_a_current_that_names_another_folder_stops_the_run(nightly_state):
+    root = nightly_state
     (root / "index" / "CURRENT").write_text("../../etc\n")
     code, r = run(root)
     assert code == EXIT_ERROR and r["status"] == "error" and r["error"]["type"] == "IndexIntegrityError", r
@@ -255,8 +238,8 @@ def test_a_current_that_names_another_folder_stops_the_run(state):
         lock.acquire({})  # and the lock is free
 
 
-def test_current_at_a_half_deleted_version_is_replaced_by_the_next_run(state):
-    root = state
+def test_current_at_a_half_deleted_version_is_replaced_by_the_next_run(nightly_state):
+    root = nightly_state
     v1 = live(root)
     (Path(layout.manifest_url(str(root / "index"), v1))).unlink()  # a deletion cut short after the manifest
     code, r = run(root)
@@ -265,11 +248,11 @@ def test_current_at_a_half_deleted_version_is_replaced_by_the_next_run(state):
     assert v1 not in layout.list_versions(str(root / "index"))  # its rest is removed
 
 
-def test_a_table_file_added_to_a_snapshot_makes_it_incomplete(state):
+def test_a_table_file_added_to_a_snapshot_makes_it_incomplete(nightly_state):
     """Rows slipped into a finished snapshot would be carried into the next index unchecked."""
-    work = WorkDir(str(state / "work"))
+    work = WorkDir(str(nightly_state / "work"))
     (name,) = work.complete_snapshots()
-    emb = state / "work" / "snapshots" / name / "embeddings"
+    emb = nightly_state / "work" / "snapshots" / name / "embeddings"
     part = next(emb.glob("*.parquet"))
     shutil.copyfile(part, emb / "zz-injected.parquet")
     assert work.read_marker(name) is None and work.complete_snapshots() == {}

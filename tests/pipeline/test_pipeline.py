@@ -17,23 +17,22 @@ from click.testing import CliRunner
 
 from jobs.cli import main as cli
 from pipeline.embed_job import EmbedJob, JobError, prepare_models, run_embed_job
-from tests.helpers_pipeline import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, make_odd_corpus, read_table
+from tests.helpers_pipeline import DEMO_IMAGES, REPO, TINY_DETECTOR, TINY_ENCODER, read_table
 from transforms.progress import progress_line
 
 TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
-def odd_run(tmp_path_factory):
+def odd_run(tmp_path_factory, odd_corpus):
     root = tmp_path_factory.mktemp("corpus")
-    expected = make_odd_corpus(root / "photos")
     other = root / "other"
     other.mkdir()
-    (other / "coffee.jpg").write_bytes((root / "photos" / "coffee.jpg").read_bytes())  # same id, 2nd input
+    (other / "coffee.jpg").write_bytes((odd_corpus.root / "coffee.jpg").read_bytes())  # same id, 2nd input
     out = root / "out"
-    report = run_embed_job(EmbedJob(inputs=[str(root / "photos"), str(other)], output=str(out), keep_regions=True,
+    report = run_embed_job(EmbedJob(inputs=[str(odd_corpus.root), str(other)], output=str(out), keep_regions=True,
                                     **TINY))
-    return {"expected": expected, "out": out, "report": report, "root": root}
+    return {"expected": odd_corpus.expected, "out": out, "report": report, "root": root}
 
 
 def test_every_input_lands_exactly_once(odd_run):
@@ -241,15 +240,15 @@ def test_models_shared_across_worker_processes(tmp_path, demo_run, monkeypatch):
 
 
 @pytest.mark.slow
-def test_regions_command_gives_the_regions_of_index_keep_regions(tmp_path):
+def test_regions_command_gives_the_regions_of_index_keep_regions(tmp_path, odd_corpus):
     """``ldot regions`` is the same pipeline as ``ldot index --keep-regions``: the same regions, bit for bit (a
     16-bit PNG among them), and the same failures. One image per detector pass in both runs: batch-mates move
     features by float rounding (within tolerance, see test_regions_model), and Beam sizes batches by timing."""
     corpus = tmp_path / "corpus"
-    odd = make_odd_corpus(tmp_path / "odd")
+    odd = odd_corpus.expected
     corpus.mkdir()
     for name in ("gray16.png", "rgba.png", "cmyk.jpg", "rotated.jpg", "truncated.jpg", "astronaut.jpg"):
-        (corpus / name).write_bytes((tmp_path / "odd" / name).read_bytes())
+        (corpus / name).write_bytes((odd_corpus.root / name).read_bytes())
     assert odd["gray16.png"] is None and odd["truncated.jpg"] == "truncated"
     models = ["--detector-config", TINY_DETECTOR, "--random-weights", "--device", "cpu"]
     index = CliRunner().invoke(cli, ["index", str(corpus), "--output", str(tmp_path / "index"), "--keep-regions",

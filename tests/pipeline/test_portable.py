@@ -23,6 +23,7 @@ from index import layout
 from index.shards import done_url
 from jobs.cli import main as cli
 from pipeline.accounting import CountsMismatchError, RunCounts, failure_breakdown, parquet_rows
+from tests.helpers_nightly import copy_demo_photos
 from tests.helpers_pipeline import DEMO_IMAGES, read_table
 
 pytestmark = pytest.mark.slow
@@ -56,13 +57,6 @@ def captured_warnings(name: str):
         logger.removeHandler(handler)
 
 
-def ldot(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """photos/ (the demo photos and two broken files) and a tiny LightningDOT checkpoint, under the launcher's cwd."""
@@ -78,22 +72,22 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def in_process(corpus) -> Path:
+def in_process(corpus, ldot) -> Path:
     """The reference: the in-process FnApiRunner, absolute paths."""
     out = corpus / "in-process"
-    code, output = ldot("index", str(corpus / "photos"), "--output", str(out), "--checkpoint",
-                        str(corpus / "models" / "tiny.pt"), *TINY)
-    assert code == 0, output
+    result = ldot("index", str(corpus / "photos"), "--output", str(out), "--checkpoint",
+                  str(corpus / "models" / "tiny.pt"), *TINY)
+    assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
-def portable(corpus, job_service) -> tuple[Path, list[str]]:
+def portable(corpus, job_service, ldot) -> tuple[Path, list[str]]:
     """The same through PortableRunner, every path relative to the launcher's working directory."""
     with working_directory(corpus), captured_warnings("pipeline.launch_checks") as warnings:
-        code, output = ldot("index", "photos", "--output", "portable", "--checkpoint", "models/tiny.pt", *TINY,
-                            *job_service.beam_args())
-    assert code == 0, output
+        result = ldot("index", "photos", "--output", "portable", "--checkpoint", "models/tiny.pt", *TINY,
+                      *job_service.beam_args())
+    assert result.exit_code == 0, result.output
     assert not (job_service.workdir / "portable").exists()  # nothing landed in the workers' directory
     return corpus / "portable", warnings
 
@@ -153,15 +147,15 @@ def index_contents(root: Path) -> dict:
             "shards": [(s["count"], s["sha256"], s["idmap"]["sha256"]) for s in manifest["shards"]]}
 
 
-def test_build_index_equals_the_in_process_build(corpus, portable, job_service):
+def test_build_index_equals_the_in_process_build(corpus, portable, job_service, ldot):
     out, _ = portable
-    code, output = ldot("build-index", str(out / "embeddings"), "--output", str(corpus / "index-in-process"),
-                        "--shards", "2")
-    assert code == 0, output
+    result = ldot("build-index", str(out / "embeddings"), "--output", str(corpus / "index-in-process"),
+                  "--shards", "2")
+    assert result.exit_code == 0, result.output
     with working_directory(corpus):
-        code, output = ldot("build-index", "portable/embeddings", "--output", "index-portable", "--shards", "2",
-                            *job_service.beam_args())
-    assert code == 0, output
+        result = ldot("build-index", "portable/embeddings", "--output", "index-portable", "--shards", "2",
+                      *job_service.beam_args())
+    assert result.exit_code == 0, result.output
     built = index_contents(corpus / "index-portable")
     assert built == index_contents(corpus / "index-in-process")
     assert built["count"] == len(PHOTOS) and sum(s[0] for s in built["shards"]) == len(PHOTOS)
@@ -194,20 +188,18 @@ def live_ids(root: Path) -> list[str]:
     return sorted(i for f in files for i in pq.read_table(f).column("image_id").to_pylist())
 
 
-def test_nightly_counts_through_worker_processes(tmp_path, job_service):
+def test_nightly_counts_through_worker_processes(tmp_path, job_service, ldot):
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg"):
-        shutil.copyfile(DEMO_IMAGES / name, corpus / name)
-    code, output = ldot("nightly", str(corpus), "--work-dir", str(tmp_path / "work"), "--index-root",
-                        str(tmp_path / "index"), *TINY)
-    assert code == 0, output
+    copy_demo_photos(corpus, "astronaut.jpg", "coffee.jpg", "rocket.jpg")
+    result = ldot("nightly", str(corpus), "--work-dir", str(tmp_path / "work"), "--index-root",
+                  str(tmp_path / "index"), *TINY)
+    assert result.exit_code == 0, result.output
     (corpus / "rocket.jpg").unlink()                                                    # dropped
     shutil.copyfile(DEMO_IMAGES / "chelsea.jpg", corpus / "coffee.jpg")                 # changed
     shutil.copyfile(DEMO_IMAGES / "retina.jpg", corpus / "retina.jpg")                  # new
     with working_directory(tmp_path):
-        result = CliRunner().invoke(cli, ["nightly", "corpus", "--work-dir", "work", "--index-root", "index", *TINY,
-                                          "--max-vanished-rate", "0.5", *job_service.beam_args()])  # 1 of 3 dropped
+        result = ldot("nightly", "corpus", "--work-dir", "work", "--index-root", "index", *TINY,
+                      "--max-vanished-rate", "0.5", *job_service.beam_args())  # 1 of 3 dropped
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["status"] == "published" and report["work_dir"] == str(tmp_path / "work")
@@ -222,7 +214,7 @@ def test_nightly_counts_through_worker_processes(tmp_path, job_service):
 UNSEEN = "/proc/self/cwd/unseen"
 
 
-def test_workers_writing_where_the_launcher_cannot_see_do_not_reconcile(corpus, job_service):
+def test_workers_writing_where_the_launcher_cannot_see_do_not_reconcile(corpus, job_service, ldot):
     with working_directory(corpus):  # its exit code: see the next test
         ldot("index", str(corpus / "photos"), "--output", UNSEEN, "--checkpoint", str(corpus / "models" / "tiny.pt"),
              *TINY, *job_service.beam_args())
@@ -236,8 +228,8 @@ def test_workers_writing_where_the_launcher_cannot_see_do_not_reconcile(corpus, 
         counts.check()
 
 
-def test_a_run_that_does_not_reconcile_exits_non_zero(corpus, job_service):
+def test_a_run_that_does_not_reconcile_exits_non_zero(corpus, job_service, ldot):
     with working_directory(corpus):
-        code, output = ldot("index", str(corpus / "photos"), "--output", f"{UNSEEN}-cli", "--checkpoint",
-                            str(corpus / "models" / "tiny.pt"), *TINY, *job_service.beam_args())
-    assert code == 1 and "counts do not reconcile: 9 input(s) listed" in output
+        result = ldot("index", str(corpus / "photos"), "--output", f"{UNSEEN}-cli", "--checkpoint",
+                      str(corpus / "models" / "tiny.pt"), *TINY, *job_service.beam_args())
+    assert result.exit_code == 1 and "counts do not reconcile: 9 input(s) listed" in result.output

@@ -43,13 +43,12 @@ from encoders.regions.formats.regions_table import RegionsWriter, regions_to_row
 from jobs.cli import main as cli
 from pipeline.beam_args import BeamFlagsCommand, split_beam_args
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.helpers_index import write_embeddings
+from tests.helpers_index import write_embeddings, write_vocab
 from tests.helpers_pipeline import (
     REPO,
     TINY_DETECTOR,
     TINY_ENCODER,
     encode,
-    make_odd_corpus,
     photo,
     png_with_declared_size,
     read_table,
@@ -489,8 +488,7 @@ def test_an_input_click_would_split_into_a_short_option_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def seven_vectors(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-index")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog"]) + "\n")
+    vocab = write_vocab(root / "vocab.txt", ["a", "dog"])
     model = LightningDOT.random(TINY_CONFIG, seed=0)
     vectors = np.random.default_rng(0).normal(size=(7, model.config.project_dim)).astype(np.float32)
     write_embeddings(root / "emb.parquet", vectors, ids=[f"img{i}" for i in range(7)], model=model.fingerprint)
@@ -517,8 +515,8 @@ def test_search_refuses_a_query_that_is_not_utf8(seven_vectors):
 # ---- weights and configs -------------------------------------------------------------------------------------------
 
 
-def test_non_finite_weights_are_refused_with_exit_2(tmp_path):
-    model = LightningDOT.random(TINY_CONFIG, seed=0)
+def test_non_finite_weights_are_refused_with_exit_2(tmp_path, tiny_encoder):
+    model = tiny_encoder
     with torch.no_grad():
         model.model.img_model.bert.img_embeddings.img_linear.weight[0, 0] = float("nan")
     nan_pt = tmp_path / "nan.pt"
@@ -538,9 +536,9 @@ def test_non_finite_weights_are_refused_with_exit_2(tmp_path):
     assert not marker.exists()
 
 
-def test_a_non_finite_embedding_is_named():
+def test_a_non_finite_embedding_is_named(tiny_encoder):
     """fp16 overflow or a weight gone bad makes NaN embeddings: a real model with one NaN weight makes them."""
-    model = LightningDOT.random(TINY_CONFIG, seed=0)
+    model = tiny_encoder
     regions = make_regions(0, 12)
     good = model.encode_regions([regions.features], [regions.norm_bb])[0]
     assert non_finite_message(good) is None
@@ -580,14 +578,13 @@ def test_decoding_formats_are_an_allow_list():
         Image.open(io.BytesIO(eps), formats=PIL_FORMATS)
 
 
-def test_every_listed_kind_of_image_opens_under_the_allow_list(tmp_path):
-    expected = make_odd_corpus(tmp_path / "corpus")
+def test_every_listed_kind_of_image_opens_under_the_allow_list(odd_corpus):
     mpo = io.BytesIO()
     photo().save(mpo, "MPO", save_all=True, append_images=[photo()])
     assert Image.open(mpo, formats=PIL_FORMATS).format == "MPO"  # multi-picture JPEGs open through JPEG
-    for image_id, kind in expected.items():
+    for image_id, kind in odd_corpus.expected.items():
         if kind is None:
-            assert Image.open(tmp_path / "corpus" / image_id, formats=PIL_FORMATS).format in PIL_FORMATS
+            assert Image.open(odd_corpus.root / image_id, formats=PIL_FORMATS).format in PIL_FORMATS
 
 
 # ---- region-feature files ------------------------------------------------------------------------------------------
