@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import io
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -55,3 +56,12 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+def write_tar(path: Path | str, members: list[tuple[str, bytes]]) -> None:
+    """A tar file with ``members`` (name, bytes) in that order: a WebDataset shard."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

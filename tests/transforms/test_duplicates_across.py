@@ -3,16 +3,14 @@ by the listing's rule: the INPUT given first wins, whichever kind it is; the oth
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.helpers_pipeline import encode, photo
+from tests.helpers_pipeline import encode, photo, write_tar
 from transforms.duplicates import OnePerIdAcross
 from transforms.listing import ListImages
 from transforms.records import FAILED
@@ -20,14 +18,6 @@ from transforms.sources import ReadSources
 
 JPG = encode(photo("astronaut.jpg", 32), "JPEG", quality=90)
 PNG = encode(photo("coffee.jpg", 32), "PNG")
-
-
-def write_tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ failure row), ids are ``<shard or file name>/<key>``, captions are kept, a bad m
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -12,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.embed_job import EmbedJob, run_embed_job
-from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER, encode, photo, read_table
+from tests.helpers_pipeline import TINY_DETECTOR, TINY_ENCODER, encode, photo, read_table, write_tar
 from transforms.records import ImageBytes
 from transforms.sources.inline_parquet import parse_spec
 from transforms.sources.webdataset import ReadShard, split_key
@@ -20,14 +19,6 @@ from transforms.sources.webdataset import ReadShard, split_key
 TINY = {"random_weights": True, "encoder_config": TINY_ENCODER, "detector_config": TINY_DETECTOR, "device": "cpu"}
 JPG = encode(photo("astronaut.jpg", 48), "JPEG", quality=90)
 PNG = encode(photo("coffee.jpg", 48), "PNG")
-
-
-def write_tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ how many rows it lost.
 
 from __future__ import annotations
 
-import hashlib
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 
 from core.files import printable_id
 from transforms.reading import DEFAULT_MAX_BYTES
-from transforms.records import FAILED, ImageBytes
-from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.records import FAILED
+from transforms.sources.shards import SampleReader, expand_files, open_input, source_failure
 from transforms.spread import ExpandThenRead
 
 SCHEME = "parquet+bytes://"
@@ -90,15 +88,11 @@ class ExpandRowGroups(beam.DoFn):
                 first += rows
 
 
-class ReadRowGroup(beam.DoFn):
+class ReadRowGroup(SampleReader):
     """One row group -> ImageBytes per good row, a failure row per bad one."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.ok = Metrics.counter("ldot", "read")
-        self.failed = Metrics.counter("ldot", "failed_read")
-        self.bytes_read = Metrics.counter("ldot", "bytes_read")
-        self.listed = Metrics.counter("ldot", "listed")  # each sample/row is an input, as a listed file is
+        super().__init__(max_bytes)
 
     def process(self, element: tuple[int, str, str, int, int, Columns]) -> Iterator[Any]:
         index, uri, name, group, first, columns = element
@@ -114,11 +108,9 @@ class ReadRowGroup(beam.DoFn):
                         yield self._row(row, index, uri, name, number, columns, columns.id in names)
                         number += 1
         except Exception as e:  # a corrupt page: the rest of the row group is unreadable
-            self.failed.inc()
-            self.listed.inc()
-            yield beam.pvalue.TaggedOutput(FAILED, source_failure(
-                f"{name}/row-group-{group}", uri, "bad_manifest",
-                f"{uri} row group {group} unreadable from row {number} ({first + total - number} rows lost): {e}"))
+            yield self.reject(f"{name}/row-group-{group}", uri, "bad_manifest",
+                              f"{uri} row group {group} unreadable from row {number} "
+                              f"({first + total - number} rows lost): {e}")
 
     def _row(self, row: dict[str, Any], index: int, uri: str, name: str, number: int, columns: Columns,
              has_id: bool) -> Any:
@@ -126,27 +118,18 @@ class ReadRowGroup(beam.DoFn):
         url = row.get(columns.url)
         row_uri = url if isinstance(url, str) and url else f"{uri}#row={number}"
         if key is None or key == "":
-            return self._fail(f"{name}/row-{number}", row_uri, "missing_id", f"row {number}: empty {columns.id!r}")
+            return self.reject(f"{name}/row-{number}", row_uri, "missing_id", f"row {number}: empty {columns.id!r}")
         image_id = printable_id(f"{name}/{key}")
         data = row.get(columns.bytes)
         if not data:
-            return self._fail(image_id, row_uri, "empty_file", f"row {number}: no bytes in {columns.bytes!r}")
+            return self.reject(image_id, row_uri, "empty_file", f"row {number}: no bytes in {columns.bytes!r}")
         if not isinstance(data, bytes):
-            return self._fail(image_id, row_uri, "bad_row", f"row {number}: {columns.bytes!r} is a "
+            return self.reject(image_id, row_uri, "bad_row", f"row {number}: {columns.bytes!r} is a "
                                                             f"{type(data).__name__}, not bytes")
         if len(data) > self.max_bytes:
-            return self._fail(image_id, row_uri, "too_large",
+            return self.reject(image_id, row_uri, "too_large",
                               f"row {number}: {len(data)} bytes exceeds the {self.max_bytes}-byte limit")
-        self.ok.inc()
-        self.listed.inc()
-        self.bytes_read.inc(len(data))
-        return ImageBytes(image_id, row_uri, data, hashlib.sha256(data).hexdigest(), (index, f"{uri}#{number:012d}"))
-
-    def _fail(self, image_id: str, uri: str, kind: str, message: str) -> beam.pvalue.TaggedOutput:
-        self.failed.inc()
-        self.listed.inc()
-        Metrics.counter("ldot", f"failed_read_{kind}").inc()
-        return beam.pvalue.TaggedOutput(FAILED, source_failure(image_id, uri, kind, message))
+        return self.accept(image_id, row_uri, data, (index, f"{uri}#{number:012d}"))
 
 
 class ReadInlineParquet(ExpandThenRead):

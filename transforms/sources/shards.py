@@ -1,19 +1,23 @@
-"""What both sources share: expanding an INPUT (a file or a glob, local or fsspec) into its files, one element
-each, so a corpus of thousands of shards spreads over workers (a Reshuffle follows)."""
+"""What both sources share: the reader base (counters; ImageBytes or one failure row per sample) and the
+expansion of an INPUT (a file or a glob, local or fsspec) into its files, one element each, so a corpus of
+thousands of shards spreads over workers (a Reshuffle follows)."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import posixpath
 from collections.abc import Iterator
 from typing import Any
 
+import apache_beam as beam
 import fsspec
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 
 from core.files import is_local, local_path, local_uri, open_regular, printable_id
 from core.paths import glob_root, relative_to
-from transforms.records import failure
+from transforms.records import FAILED, ImageBytes, failure
 
 CAPTIONS_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string()),
                              ("metadata", pa.string())])
@@ -21,6 +25,30 @@ CAPTIONS_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("
 
 def source_failure(image_id: str, uri: str, kind: str, message: str) -> dict[str, Any]:
     return failure(printable_id(image_id), printable_id(uri), "read", kind, printable_id(message))
+
+
+class SampleReader(beam.DoFn):
+    """Base of the source readers: each sample or row is one input (counted as ``listed``, as a listed file is)
+    that ends as ImageBytes (``accept``) or one failure row (``reject``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.ok = Metrics.counter("ldot", "read")
+        self.failed = Metrics.counter("ldot", "failed_read")
+        self.bytes_read = Metrics.counter("ldot", "bytes_read")
+        self.listed = Metrics.counter("ldot", "listed")
+
+    def accept(self, image_id: str, uri: str, data: bytes, order: tuple[int, str]) -> ImageBytes:
+        self.ok.inc()
+        self.listed.inc()
+        self.bytes_read.inc(len(data))
+        return ImageBytes(image_id, uri, data, hashlib.sha256(data).hexdigest(), order)
+
+    def reject(self, image_id: str, uri: str, kind: str, message: str) -> beam.pvalue.TaggedOutput:
+        self.failed.inc()
+        self.listed.inc()
+        Metrics.counter("ldot", f"failed_read_{kind}").inc()
+        return beam.pvalue.TaggedOutput(FAILED, source_failure(image_id, uri, kind, message))
 
 
 def expand_files(spec: str) -> Iterator[tuple[str, str] | dict[str, Any]]:

@@ -9,20 +9,18 @@ twice; a shard truncated mid-member fails that member and then one row for the r
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from core.files import printable_id
 from transforms.image_types import IMAGE_EXTENSIONS
 from transforms.reading import DEFAULT_MAX_BYTES
-from transforms.records import FAILED, ImageBytes
-from transforms.sources.shards import expand_files, open_input, source_failure
+from transforms.records import FAILED
+from transforms.sources.shards import SampleReader, expand_files, open_input, source_failure
 from transforms.spread import ExpandThenRead
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -59,15 +57,11 @@ class _Sample:
         self.duplicate = False  # the key was seen before in this shard: its members are skipped
 
 
-class ReadShard(beam.DoFn):
+class ReadShard(SampleReader):
     """(input position, shard uri, shard name) -> ImageBytes (main), caption rows (``captions``), failure rows."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.ok = Metrics.counter("ldot", "read")
-        self.failed = Metrics.counter("ldot", "failed_read")
-        self.bytes_read = Metrics.counter("ldot", "bytes_read")
-        self.listed = Metrics.counter("ldot", "listed")  # each sample/row is an input, as a listed file is
+        super().__init__(max_bytes)
 
     def process(self, element: tuple[int, str, str]) -> Iterator[Any]:
         index, uri, name = element
@@ -145,21 +139,14 @@ class ReadShard(beam.DoFn):
         if not data:
             yield self._fail(name, sample.key, uri, "empty_file", f"member {printable_id(member)}: 0 bytes")
             return
-        self.ok.inc()
-        self.listed.inc()
-        self.bytes_read.inc(len(data))
         member_uri = f"{uri}#{printable_id(member)}"
-        yield ImageBytes(image_id, member_uri, data, hashlib.sha256(data).hexdigest(), (index, member_uri))
+        yield self.accept(image_id, member_uri, data, (index, member_uri))
         if sample.caption is not None or sample.metadata is not None:
             yield beam.pvalue.TaggedOutput("captions", {"image_id": image_id, "uri": member_uri,
                                                         "caption": sample.caption, "metadata": sample.metadata})
 
     def _fail(self, name: str, key: str, uri: str, kind: str, message: str) -> beam.pvalue.TaggedOutput:
-        self.failed.inc()
-        self.listed.inc()
-        Metrics.counter("ldot", f"failed_read_{kind}").inc()
-        image_id = f"{name}/{key}" if key else name
-        return beam.pvalue.TaggedOutput(FAILED, source_failure(image_id, uri, kind, message))
+        return self.reject(f"{name}/{key}" if key else name, uri, kind, message)
 
 
 class ExpandShards(beam.DoFn):
