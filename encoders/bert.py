@@ -28,7 +28,12 @@ class Unpadded:
     at 2 threads: every elementwise op, index_copy and the bias copy inside each addmm ~8-14 ms). So q, k and v
     come from one fused GEMM (``BertSelfAttention(fuse_qkv=True)``, the image tower) and are padded by ONE
     index_copy into a zero buffer kept for the whole forward, zero-filled once (padding positions are never
-    written), and the attention output is gathered straight from its [B, heads, N, d] layout."""
+    written), and the attention output is gathered straight from its [B, heads, N, d] layout.
+
+    Why pack at all rather than pad each length bucket and run plain SDPA: bench/encoders.py's "budget, padded"
+    runs the same batches that way. On 32 images (10..100 boxes) at 1 thread it reaches 4.79 images/s against
+    6.59 packed (padded-100: 3.81): the buckets' padding is 1.39x the real tokens' FLOPs, while the packing's
+    passes cost ~4% of a forward at 1 thread (profiled: GEMMs 88%, SDPA 7%)."""
 
     index: torch.Tensor  # [T] positions of real tokens in the flattened [B * N]
     batch: int
