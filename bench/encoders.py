@@ -7,6 +7,8 @@ batches padded to 100 regions, as a naive implementation would; "fixed buckets" 
 ``--batch-size`` images per batch, each padded to its own longest; "token budget" is ``LightningDOT.encode_images``
 (the same sort, batches of at most ``batch-size x 101`` tokens, so short images go in larger batches). Both skip
 padding in the per-token layers (``encoders.bert.Unpadded``); only attention sees the bucket's padding.
+"budget, padded" runs the token-budget batches padded to their own longest throughout (plain SDPA, no varlen
+packing): what the packing's index passes buy against the bucket padding they save.
 The FLOP ratio (padded / unpadded tower FLOPs, attention included) is the most any bucketing can gain; each
 variant's efficiency is its measured speed-up over padded divided by that ratio.
 Variants run interleaved, ``--repeats`` rounds, medians.
@@ -41,20 +43,16 @@ def tower_flops(cfg: EncoderConfig, batches: list[np.ndarray], unpadded: bool) -
     return total
 
 
-def _padded(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: np.ndarray, batch: int) -> None:
+def _tower(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: np.ndarray,
+           batches: list[np.ndarray], unpad: bool, width: int | None = None) -> None:
+    """The image tower on each batch of image indices, trimmed to its longest image (or padded to ``width``)."""
     with torch.inference_mode():
-        for s in range(0, len(feats), batch):
-            f = torch.as_tensor(feats[s : s + batch]).to(model.device, model.dtype)
-            b = torch.as_tensor(boxes[s : s + batch]).to(model.device, model.dtype)
-            mask = (torch.arange(f.shape[1])[None] < torch.as_tensor(counts[s : s + batch])[:, None]).long()
-            model.model.img_model(f, b, mask.to(model.device), unpad=False).float().cpu()
-
-
-def _fixed_buckets(model: LightningDOT, feats: np.ndarray, boxes: np.ndarray, counts: np.ndarray, batch: int) -> None:
-    order = np.argsort(counts, kind="stable")
-    for s in range(0, len(order), batch):
-        idx = order[s : s + batch]
-        model.encode_images(feats[idx], boxes[idx], counts[idx], batch_size=len(idx))
+        for idx in batches:
+            w = width or int(counts[idx].max())
+            f = torch.as_tensor(feats[idx, :w]).to(model.device, model.dtype)
+            b = torch.as_tensor(boxes[idx, :w]).to(model.device, model.dtype)
+            mask = (torch.arange(w)[None] < torch.as_tensor(counts[idx])[:, None]).long()
+            model.model.img_model(f, b, mask.to(model.device), unpad=unpad).float().cpu()
 
 
 def main() -> None:
@@ -79,15 +77,19 @@ def main() -> None:
     from encoders.batching import length_buckets
 
     tokens = counts + 1
-    padded = [np.full(min(args.batch_size, args.images - s), 101) for s in range(0, args.images, args.batch_size)]
-    fixed = [tokens[i] for i in length_buckets(tokens, args.batch_size)]
-    budget = [tokens[i] for i in length_buckets(tokens, args.images, max_tokens=args.batch_size * 101)]
-    # variant -> (its batches, whether per-token layers skip padding)
-    shapes = {"padded-100": (padded, False), "fixed buckets": (fixed, True), "token budget": (budget, True)}
+    in_order = [np.arange(s, min(s + args.batch_size, args.images)) for s in range(0, args.images, args.batch_size)]
+    fixed = list(length_buckets(tokens, args.batch_size))
+    budget = list(length_buckets(tokens, args.images, max_tokens=args.batch_size * 101))
+    # variant -> (its batches as token counts, whether per-token layers skip padding)
+    shapes = {"padded-100": ([np.full(len(i), 101) for i in in_order], False),
+              "fixed buckets": ([tokens[i] for i in fixed], True),
+              "token budget": ([tokens[i] for i in budget], True),
+              "budget, padded": ([tokens[i] for i in budget], False)}
     variants: dict[str, Callable[[], object]] = {
-        "padded-100": lambda: _padded(model, feats, boxes, counts, args.batch_size),
-        "fixed buckets": lambda: _fixed_buckets(model, feats, boxes, counts, args.batch_size),
+        "padded-100": lambda: _tower(model, feats, boxes, counts, in_order, unpad=False, width=100),
+        "fixed buckets": lambda: _tower(model, feats, boxes, counts, fixed, unpad=True),
         "token budget": lambda: model.encode_images(feats, boxes, counts, batch_size=args.batch_size),
+        "budget, padded": lambda: _tower(model, feats, boxes, counts, budget, unpad=False),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
@@ -112,7 +114,7 @@ def main() -> None:
         speed = args.images / statistics.median(times[key])
         gain = speed / padded_speed
         flops = tower_flops(cfg, *shapes[key])
-        print(f"{key:14s}: {speed:7.2f} images/s, {len(shapes[key][0]):3d} batches, {flops / ideal:.3f}x the unpadded "
+        print(f"{key:15s}: {speed:7.2f} images/s, {len(shapes[key][0]):3d} batches, {flops / ideal:.3f}x the unpadded "
               f"FLOPs, {flops / statistics.median(times[key]) / 1e9:6.1f} GFLOP/s, speed-up {gain:.2f}x = "
               f"{gain / flop_ratio:.0%} of the FLOP ratio")
 

@@ -23,16 +23,22 @@ class Unpadded:
     mixed lengths costs what its tokens cost, which bucketing alone cannot reach (padding inside buckets, and
     small GEMMs for buckets of short items). bench/encoders.py measures it.
 
-    The layout changes around attention are memory-bound passes, and with 2 threads on a busy machine such passes
-    run far below bandwidth (profiled on 16 images at 2 threads: fill 0.57 s and index_copy 0.59 s per 9.8 s
-    forward, beside 5.6 s of GEMMs). So padding goes into zero buffers kept per slot (q, k, v) for the whole
-    forward, zero-filled once (padding positions are never written), and the attention output is gathered
-    straight from its [B, heads, N, d] layout instead of being made contiguous first."""
+    The layout changes around attention are memory-bound passes, and with 2 threads on a busy machine each pass
+    (each parallel region) costs ~10 ms whatever its size, waiting on a descheduled thread (profiled on 16 images
+    at 2 threads: every elementwise op, index_copy and the bias copy inside each addmm ~8-14 ms). So q, k and v
+    come from one fused GEMM (``BertSelfAttention(fuse_qkv=True)``, the image tower) and are padded by ONE
+    index_copy into a zero buffer kept for the whole forward, zero-filled once (padding positions are never
+    written), and the attention output is gathered straight from its [B, heads, N, d] layout.
+
+    Why pack at all rather than pad each length bucket and run plain SDPA: bench/encoders.py's "budget, padded"
+    runs the same batches that way. On 32 images (10..100 boxes) at 1 thread it reaches 4.79 images/s against
+    6.59 packed (padded-100: 3.81): the buckets' padding is 1.39x the real tokens' FLOPs, while the packing's
+    passes cost ~4% of a forward at 1 thread (profiled: GEMMs 88%, SDPA 7%)."""
 
     index: torch.Tensor  # [T] positions of real tokens in the flattened [B * N]
     batch: int
     length: int
-    buffers: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    buffer: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor) -> Unpadded:
@@ -47,21 +53,25 @@ class Unpadded:
         rows = x.transpose(1, 2)[self.index // self.length, self.index % self.length]
         return rows.reshape(rows.shape[0], -1)
 
-    def pad(self, x: torch.Tensor, slot: int | None = None) -> torch.Tensor:
-        """[T, H] -> [B, N, H], zeros at padding. With ``slot``: into that slot's buffer, which the next call with
-        the same slot overwrites (so the result must be consumed before, as attention consumes q, k, v)."""
+    def pad(self, x: torch.Tensor, reuse: bool = False) -> torch.Tensor:
+        """[T, H] -> [B, N, H], zeros at padding. ``reuse``: into this layout's one buffer, which the next
+        ``reuse`` call overwrites (so the result must be consumed before, as attention consumes q, k, v)."""
         shape = (self.batch * self.length, x.shape[-1])
-        out = self.buffers.get(slot) if slot is not None else None
+        out = self.buffer[0] if reuse and self.buffer else None
         if out is None or out.shape != shape or out.dtype != x.dtype:
             out = x.new_zeros(shape)
-            if slot is not None:
-                self.buffers[slot] = out
+            if reuse:
+                self.buffer[:] = [out]
         return out.index_copy_(0, self.index, x).view(self.batch, self.length, x.shape[-1])
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, fuse_qkv: bool = False) -> None:
+        """``fuse_qkv``: q, k, v in one GEMM on their stacked weights (same numbers to rounding). Only for a tower
+        that is never exported: the query path's ONNX export and int8 pass work on the three Linears' MatMuls."""
         super().__init__()
+        self.fuse_qkv = fuse_qkv
+        self._stacked: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -73,11 +83,31 @@ class BertSelfAttention(nn.Module):
         """Every position of ``hidden`` is attended; outputs are computed for ``queries`` (default: all of them).
         With ``layout``, ``hidden`` is [T, H] real tokens (see ``Unpadded``) and so is the output."""
         if layout is not None:
-            q, k, v = (layout.pad(lin(hidden), slot) for slot, lin in enumerate((self.query, self.key, self.value)))
+            if self.fuse_qkv:
+                q, k, v = layout.pad(self._qkv(hidden), reuse=True).chunk(3, dim=-1)
+            else:
+                q, k, v = (layout.pad(lin(hidden)) for lin in (self.query, self.key, self.value))
             return layout.unpad_heads(self._context(q, k, v, additive_mask))
-        queries = hidden if queries is None else queries
-        ctx = self._context(self.query(queries), self.key(hidden), self.value(hidden), additive_mask)
+        if self.fuse_qkv and queries is None:
+            q, k, v = self._qkv(hidden).chunk(3, dim=-1)
+        else:
+            queries = hidden if queries is None else queries
+            q, k, v = self.query(queries), self.key(hidden), self.value(hidden)
+        ctx = self._context(q, k, v, additive_mask)
         return ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], -1)
+
+    def _qkv(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., 3H] (q | k | v) in one GEMM. The stacked weight is cached and rebuilt when any of the
+        six tensors is replaced or written in place (``load_state_dict``, ``.to``)."""
+        params = [lin.weight for lin in (self.query, self.key, self.value)]
+        params += [lin.bias for lin in (self.query, self.key, self.value)]
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if torch.is_grad_enabled():  # gradients flow to the three Linears: no cache
+            return F.linear(hidden, torch.cat(params[:3]), torch.cat(params[3:]))
+        if self._stacked is None or self._stacked[0] != key:
+            with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+                self._stacked = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        return F.linear(hidden, self._stacked[1], self._stacked[2])
 
     def _context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         """[B, Nq, H], [B, N, H] x 2 -> [B, heads, Nq, head_dim]."""
@@ -93,19 +123,20 @@ class BertSelfOutput(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        return dense_add_norm(self.dense, self.LayerNorm, x, residual, in_place)
 
 
 class BertAttention(nn.Module):
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, fuse_qkv: bool = False) -> None:
         super().__init__()
-        self.self = BertSelfAttention(cfg)
+        self.self = BertSelfAttention(cfg, fuse_qkv)
         self.output = BertSelfOutput(cfg)
 
     def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor, queries: torch.Tensor | None = None,
                 layout: Unpadded | None = None) -> torch.Tensor:
-        return self.output(self.self(hidden, additive_mask, queries, layout), hidden if queries is None else queries)
+        return self.output(self.self(hidden, additive_mask, queries, layout), hidden if queries is None else queries,
+                           in_place=layout is not None)
 
 
 class BertIntermediate(nn.Module):
@@ -123,27 +154,28 @@ class BertOutput(nn.Module):
         self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        return dense_add_norm(self.dense, self.LayerNorm, x, residual, in_place)
 
 
 class BertLayer(nn.Module):
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, fuse_qkv: bool = False) -> None:
         super().__init__()
-        self.attention = BertAttention(cfg)
+        self.attention = BertAttention(cfg, fuse_qkv)
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
     def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor, queries: torch.Tensor | None = None,
                 layout: Unpadded | None = None) -> torch.Tensor:
         attended = self.attention(hidden, additive_mask, queries, layout)
-        return self.output(self.intermediate(attended), attended)
+        return self.output(self.intermediate(attended), attended, in_place=layout is not None)
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, fuse_qkv: bool = False) -> None:
+        """``fuse_qkv``: see ``BertSelfAttention``."""
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
+        self.layer = nn.ModuleList(BertLayer(cfg, fuse_qkv) for _ in range(cfg.num_layers))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cls_only: bool = False,
                 unpad: bool = False) -> torch.Tensor:
@@ -195,6 +227,18 @@ class BertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
+
+
+def dense_add_norm(dense: nn.Linear, norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor,
+                   in_place: bool = False) -> torch.Tensor:
+    """``norm(dense(x) + residual)``, BERT's sublayer output. ``in_place`` (the unpadded layout, where the encoder
+    owns every hidden state and the residual is dead after this): the GEMM accumulates straight into
+    ``residual``, skipping the pass in which addmm first copies the bias into a fresh output (one of the ~10 ms
+    passes at 2 threads that ``Unpadded`` describes); the same sum to rounding."""
+    if not in_place:
+        return norm(dense(x) + residual)
+    flat = residual.view(-1, residual.shape[-1])
+    return norm(flat.addmm_(x.reshape(-1, x.shape[-1]), dense.weight.t()).add_(dense.bias).view_as(residual))
 
 
 def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -3,23 +3,24 @@
     fast = QueryEncoder(model, precision="int8")       # exports the text tower once (seconds), then
     vectors = fast.encode_captions(["a dog on the beach"])  # [B, D] float32, like model.encode_captions
 
-Why ONNX Runtime and not eager torch (``python -m bench.query`` measures all of this side by side; figures at
-BERT-base size, a 12-token caption, batch 1, on 2 shared Zen 3 cores without AVX-512/VNNI):
+Why ONNX Runtime and not eager torch (``python -m bench.query`` measures all of this side by side and is the way
+to get figures for a given machine; its latest run, at BERT-base size with random weights, a 16-token query,
+batch 1, one thread, on 2 shared Zen 3 cores without AVX-512/VNNI under other agents' load: fast fp32 49.4 ms,
+int8 32.4 ms, against FLOP floors of 37 and 18 ms):
 
-- fp32: eager torch spends ~80 ms, ONNX Runtime ~40 ms for the same graph (max |err| ~4e-6): its MLAS GEMMs are
-  faster at 12 rows than the BLAS torch calls, and LayerNorm/GELU/attention are fused.
-- int8 (dynamic quantization of every MatMul weight, activations quantized per call): ONNX Runtime ~26 ms,
-  torch's ``quantize_dynamic`` ~30 ms (and deprecated); with a busy neighbour process, torch's int8 at 2 threads
-  degrades to ~160 ms, ONNX Runtime's at one thread stays ~27 ms. (Plain per-tensor int8; the outlier split
-  below adds ~25% on MiniLM.)
+- fp32: the same graph as eager torch (max |err| ~4e-6), faster: MLAS GEMMs beat the BLAS torch calls at a
+  dozen rows, and LayerNorm/GELU/attention are fused.
+- int8 (dynamic quantization, activations quantized per call): ONNX Runtime's, ~0.66x the fast fp32 latency above;
+  torch's ``quantize_dynamic`` is deprecated and degrades several-fold at 2 threads beside a busy neighbour.
 - Threads: any intra-op parallelism at batch 1 synchronises a dozen times per layer; when another process holds
-  a core, every barrier waits for a descheduled thread and two threads become many times slower than one (and
-  on this shared machine, never idle, two are slower even without our own neighbour: 165 vs 129 ms at BERT-base).
-  So the encoder takes a thread budget and spends it per call: a query runs on ONE intra-op thread, without
-  spin-waiting, on the calling thread, whatever the budget (so a larger budget never slows a query); concurrent
-  callers (the server's threads) run side by side (ONNX Runtime releases the GIL), and a batch is cut into
-  length-sorted chunks that up to ``threads`` threads encode in parallel, one intra-op thread each. The
-  session's thread count is its own setting, so nothing here touches torch's process-wide one.
+  a core, every barrier waits for a descheduled thread and two threads become many times slower than one (on
+  this shared machine, never idle, two are slower even without our own neighbour: bench.query's "fp32 intra-op"
+  variant shows it). So the encoder takes a thread budget and spends it per call: a query runs on ONE
+  intra-op thread, without spin-waiting, on the calling thread, whatever the budget (so a larger budget never
+  slows a query); concurrent callers (the server's threads) run side by side (ONNX Runtime releases the GIL),
+  and a batch is cut into length-sorted chunks that up to ``threads`` threads encode in parallel, one intra-op
+  thread each. The session's thread count is its own setting, so nothing here touches torch's process-wide one.
+  (Latest bench.query, BERT-base, one query: 2-thread ÷ 1-thread budget p50 0.98 fp32, 1.02 int8.)
 
 int8 changes the numbers. A trained BERT's Linear inputs carry a few channels 10-30x the median one (and [CLS]
 the largest values): one per-tensor activation scale stretched over them costs the rest most of their bits

@@ -54,7 +54,7 @@ class UniterBody(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(cfg)
         self.img_embeddings = ImageEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
+        self.encoder = BertEncoder(cfg, fuse_qkv=True)  # both users run eager: never exported or quantized
 
     def embed_regions(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """[B,N,F] features, [B,N,7] boxes -> [B,N,H] region embeddings, token type 1 (text tokens are type 0)."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from encoders.batching import length_buckets
-from encoders.config import TINY_CONFIG
+from encoders.bert import BertSelfAttention, additive_attention_mask, init_bert_weights
+from encoders.config import TINY_CONFIG, EncoderConfig
 from encoders.lightningdot import LightningDOT
 
 
@@ -36,3 +37,16 @@ def test_unpadded_tower_equals_computing_the_padding():
         computed = model.model.img_model(feats, boxes, mask, unpad=False)
     np.testing.assert_allclose(skipped.numpy(), computed.numpy(), atol=1e-5, rtol=0)
     assert (skipped[0] - skipped[1]).abs().max() > 1e-3
+
+
+def test_fused_qkv_equals_the_three_linears_and_follows_a_reload():
+    """The image tower's stacked q/k/v weight is a cache: the numbers of three GEMMs, rebuilt after a reload."""
+    cfg = EncoderConfig.load(TINY_CONFIG)
+    fused, plain = BertSelfAttention(cfg, fuse_qkv=True), init_bert_weights(BertSelfAttention(cfg), seed=1)
+    x = torch.randn(3, 5, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    mask = additive_attention_mask(torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] + [0] * 4]), x.dtype)
+    with torch.inference_mode():
+        stale = fused(x, mask)  # caches the stacked weight of its own initial weights
+        fused.load_state_dict(plain.state_dict())
+        np.testing.assert_allclose(fused(x, mask).numpy(), plain(x, mask).numpy(), atol=1e-6, rtol=0)
+    assert (stale - plain(x, mask)).abs().max() > 1e-3
