@@ -5,9 +5,10 @@ ids; ``embeddings`` reads the pipeline's Parquet tables; ``recall`` computes exa
 the report; ``report`` prints it, writes JSON and plots it. The command is ``ldot eval`` (``jobs/evaluate.py``).
 """
 
-from evaluation.captions import CaptionError, CaptionSet, load_captions, map_images
+from evaluation.captions import CaptionError, CaptionSet, load_captions
 from evaluation.core import REFERENCE, EvaluationError, evaluate
 from evaluation.embeddings import Embeddings, EmbeddingsError, read_embeddings
+from evaluation.image_mapping import map_images
 from evaluation.recall import image_to_text_ranks, text_to_image_ranks
 
 __all__ = [

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from core.errors import UsageError
-from evaluation.captions import CaptionSet, Mapping
+from evaluation.captions import CaptionSet
 from evaluation.embeddings import Embeddings
+from evaluation.image_mapping import Mapping
 from evaluation.recall import DEFAULT_MAX_BYTES, Ranks, hits_from_topk, image_to_text_ranks, text_to_image_ranks
 from evaluation.rerank import Reranking, rerank_recall
 

@@ -15,9 +15,10 @@ from typing import Any
 import click
 import numpy as np
 
-from evaluation.captions import CaptionError, load_captions, map_images
+from evaluation.captions import CaptionError, load_captions
 from evaluation.core import GALLERIES, MISSING_POLICIES, REFERENCE, EvaluationError, evaluate, parse_ks
 from evaluation.embeddings import EmbeddingsError, read_embeddings
+from evaluation.image_mapping import map_images
 from evaluation.report import format_table, plot, write_json
 from evaluation.rerank import Reranking
 from jobs.options import reranker_model_options

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evaluation.captions import CaptionError, CaptionSet, load_captions, map_images
+from evaluation.captions import CaptionError, CaptionSet, load_captions
 from evaluation.core import EvaluationError, curve, evaluate
 from evaluation.embeddings import Embeddings, EmbeddingsError, read_embeddings
+from evaluation.image_mapping import map_images
 from evaluation.recall import hits_from_topk, image_to_text_ranks, text_to_image_ranks
 
 
