@@ -71,7 +71,7 @@ class BertSelfAttention(nn.Module):
         that is never exported: the query path's ONNX export and int8 pass work on the three Linears' MatMuls."""
         super().__init__()
         self.fuse_qkv = fuse_qkv
-        self._stacked: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # weight, bias
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -84,7 +84,8 @@ class BertSelfAttention(nn.Module):
         With ``layout``, ``hidden`` is [T, H] real tokens (see ``Unpadded``) and so is the output."""
         if layout is not None:
             if self.fuse_qkv:
-                q, k, v = layout.pad(self._qkv(hidden), reuse=True).chunk(3, dim=-1)
+                # the buffer is overwritten by the next layer: not while autograd keeps this one for backward
+                q, k, v = layout.pad(self._qkv(hidden), reuse=not torch.is_grad_enabled()).chunk(3, dim=-1)
             else:
                 q, k, v = (layout.pad(lin(hidden)) for lin in (self.query, self.key, self.value))
             return layout.unpad_heads(self._context(q, k, v, additive_mask))
@@ -97,17 +98,30 @@ class BertSelfAttention(nn.Module):
         return ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], -1)
 
     def _qkv(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., 3H] (q | k | v) in one GEMM. The stacked weight is cached and rebuilt when any of the
-        six tensors is replaced or written in place (``load_state_dict``, ``.to``)."""
-        params = [lin.weight for lin in (self.query, self.key, self.value)]
-        params += [lin.bias for lin in (self.query, self.key, self.value)]
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        """[..., H] -> [..., 3H] (q | k | v) in one GEMM. The stacked weight and bias are cached, and the three
+        Linears' weights and biases are then made views of them: a write in place reaches the stacked copy however
+        it is made (``param.data.copy_`` bumps no version counter), and a replaced tensor (``load_state_dict``,
+        ``.to``, ``.half``) no longer lies where its view did, which rebuilds the cache."""
+        linears = (self.query, self.key, self.value)
         if torch.is_grad_enabled():  # gradients flow to the three Linears: no cache
-            return F.linear(hidden, torch.cat(params[:3]), torch.cat(params[3:]))
-        if self._stacked is None or self._stacked[0] != key:
-            with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
-                self._stacked = (key, torch.cat(params[:3]), torch.cat(params[3:]))
-        return F.linear(hidden, self._stacked[1], self._stacked[2])
+            weights, biases = zip(*((lin.weight, lin.bias) for lin in linears), strict=True)
+            return F.linear(hidden, torch.cat(weights), torch.cat(biases))
+        if self._stacked is None or not self._views_of(self._stacked):
+            with torch.no_grad(), torch.inference_mode(False):  # normal tensors, usable outside inference mode
+                weight = torch.cat([lin.weight for lin in linears])
+                bias = torch.cat([lin.bias for lin in linears])
+                for lin, w, b in zip(linears, weight.chunk(3), bias.chunk(3), strict=True):
+                    lin.weight.data, lin.bias.data = w, b
+            self._stacked = weight, bias
+        return F.linear(hidden, *self._stacked)
+
+    def _views_of(self, stacked: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        """Whether the three Linears' weights and biases are still the views of ``stacked`` made by ``_qkv``."""
+        weight, bias = stacked
+        pairs = zip((self.query, self.key, self.value), weight.chunk(3), bias.chunk(3), strict=True)
+        return all(lin.weight.data_ptr() == w.data_ptr() and lin.weight.dtype == w.dtype
+                   and lin.weight.device == w.device and lin.bias.data_ptr() == b.data_ptr()
+                   for lin, w, b in pairs)
 
     def _context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         """[B, Nq, H], [B, N, H] x 2 -> [B, heads, Nq, head_dim]."""
@@ -234,8 +248,9 @@ def dense_add_norm(dense: nn.Linear, norm: nn.LayerNorm, x: torch.Tensor, residu
     """``norm(dense(x) + residual)``, BERT's sublayer output. ``in_place`` (the unpadded layout, where the encoder
     owns every hidden state and the residual is dead after this): the GEMM accumulates straight into
     ``residual``, skipping the pass in which addmm first copies the bias into a fresh output (one of the ~10 ms
-    passes at 2 threads that ``Unpadded`` describes); the same sum to rounding."""
-    if not in_place:
+    passes at 2 threads that ``Unpadded`` describes); the same sum to rounding. Not while autograd records:
+    ``residual`` is then saved for the backward of the GEMMs that read it."""
+    if not in_place or torch.is_grad_enabled():
         return norm(dense(x) + residual)
     flat = residual.view(-1, residual.shape[-1])
     return norm(flat.addmm_(x.reshape(-1, x.shape[-1]), dense.weight.t()).add_(dense.bias).view_as(residual))

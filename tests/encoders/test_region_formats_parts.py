@@ -114,3 +114,21 @@ def test_precomputed_regions_in_parts_through_the_pipeline(tmp_path, monkeypatch
 def test_the_strict_reader_still_raises(tmp_path):
     with pytest.raises(ValueError, match=r"feats\.tsv:18: ValueError"):
         list(read_regions(tsv_file(tmp_path)))
+
+
+def test_empty_feature_files_have_no_records(tmp_path, monkeypatch):
+    """A UNITER DB with no records and a regions table with no row groups: no record, no failure, no error; a DB
+    whose key count is not a multiple of the range size still ends in one open-ended range."""
+    small_parts(monkeypatch, 3)
+    write_lmdb(tmp_path / "empty", {})
+    import pyarrow.parquet as pq
+
+    schema = rows_to_table([regions_to_row("x", None, make_regions(0, 2, soft=False), False)]).schema
+    pq.ParquetWriter(tmp_path / "empty.parquet", schema).close()  # a footer, no row group
+    assert pq.ParquetFile(tmp_path / "empty.parquet").num_row_groups == 0
+    for path in (tmp_path / "empty", tmp_path / "empty.parquet"):
+        assert [item for part in region_parts(path) for item in iter_part_records(part)] == []
+    write_lmdb(tmp_path / "seven", {f"k{i}": b"x" for i in range(7)})  # 8 keys with __keys__, ranges of 3
+    with uniter_lmdb.UniterImageDB(tmp_path / "seven") as db:
+        assert list(db.key_ranges()) == [(None, b"k2"), (b"k2", b"k5"), (b"k5", None)]
+        assert sum(1 for _ in db.records(b"k5")) == 2  # k5, k6 (__keys__ skipped)

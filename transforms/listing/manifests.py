@@ -9,8 +9,9 @@ A manifest is split where it is named (its size, CSV header or Parquet footer re
 row's position nor a bound on a line's length. A row of a Parquet manifest is named by its row number. A CSV/JSONL
 row in the first range is named by its line number (``FILE:LINE``, "line N"); past the first range line numbers
 are not known without reading everything before, so rows there are named by the byte offset their line starts at
-(``FILE:byte-OFFSET``, "line at byte OFFSET"). A quoted CSV field holding a line break is read whole inside a
-range; one that straddles a range boundary is a failure row.
+(``FILE:byte-OFFSET``, "line at byte OFFSET"). A CSV record is one line, as in textio: a range cannot tell a line
+that continues a quoted field begun in the range before from a row, so a quoted field holding a line break is a
+failure row (each of its lines with an odd number of quotes) wherever the split falls, the same in one piece.
 """
 
 from __future__ import annotations
@@ -195,15 +196,20 @@ def _csv_header(lines: BoundedLines, spec: str) -> tuple[str, ...]:
 
 
 def _csv_rows(lines: BoundedLines, header: list[str]) -> Iterator[Any]:
-    reader = csv.reader(lines)
     while True:
         try:
-            fields = next(reader)
+            line = next(lines)
         except StopIteration:
             return
         except LineTooLong as e:
             yield _BadRow("line_too_long", str(e))
             continue
+        if line.count('"') % 2:
+            yield _BadRow("bad_row", "an unclosed quote: a quoted field holding a line break is not read (each "
+                                     "line of a CSV manifest is one row, whatever the workers split it into)")
+            continue
+        try:
+            fields = next(csv.reader([line]), [])
         except csv.Error as e:
             yield _BadRow("bad_row", f"not CSV: {e}")
             continue

@@ -130,9 +130,10 @@ def region_parts(path: str | Path, **kwargs) -> Iterator[RegionPart]:
     elif fmt == "uniter":
         from encoders.regions.formats.uniter_lmdb import UniterImageDB
 
-        with UniterImageDB(local, **kwargs) as db:
-            for span in db.key_ranges():
-                yield RegionPart(fmt, local, span, options)
+        with UniterImageDB(local, **kwargs) as db:  # closed before the first part is yielded: LMDB refuses a
+            spans = list(db.key_ranges())  # second open of one DB in a process, which reading a part makes
+        for span in spans:
+            yield RegionPart(fmt, local, span, options)
     else:
         from encoders.regions.formats.butd_tsv import butd_tsv_ranges
 
