@@ -85,6 +85,20 @@ def test_every_record_once_and_a_bad_one_costs_only_itself(tmp_path, monkeypatch
             np.testing.assert_array_equal(item[1].features, whole[item[0]].features)
 
 
+@pytest.mark.parametrize("size", [1, 1000])
+def test_a_stray_quote_in_a_tsv_line_costs_only_that_line(tmp_path, monkeypatch, size):
+    path = tmp_path / "feats.tsv"
+    write_butd_tsv(path, [(f"img{i}", make_regions(i, 3, soft=False)) for i in range(6)])
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'"img2\t' + lines[2].split(b"\t", 1)[1]  # an unclosed quote opening the image_id
+    path.write_bytes(b"".join(lines))
+    small_parts(monkeypatch, size)
+    items = [item for part in region_parts(path) for item in iter_part_records(part)]
+    good = [i[0] for i in items if not isinstance(i, BadRecord)]
+    assert sorted(good) == ["img0", "img1", "img3", "img4", "img5"]  # the lines after it are read as they are
+    assert len(items) == 6
+
+
 def read_regions_tolerant(path):
     from encoders.regions.formats import iter_region_records
 

@@ -110,10 +110,9 @@ def iter_butd_tsv(path: str | Path, start: int = 0, end: int | None = None) -> I
         def where() -> str:
             return f"{path}:{lines.number}" if start == 0 else f"{path}:byte-{lines.offset}"
 
-        reader = csv.reader(lines, delimiter="\t")
         while True:
-            try:
-                fields = next(reader)
+            try:  # one record per line, parsed alone: a stray quote cannot pull the next lines into its field
+                fields = next(csv.reader([next(lines)], delimiter="\t"), [])
             except StopIteration:
                 return
             except (LineTooLong, csv.Error) as exc:
