@@ -164,14 +164,21 @@ def _row_problem(row: Any) -> tuple[str, str] | None:
     return None
 
 
-def _jsonl_rows(lines: BoundedLines) -> Iterator[Any]:
+def _lines(lines: BoundedLines) -> Iterator[str | _BadRow]:
+    """Each line, or a ``line_too_long`` row in place of one over the bound (reading goes on after it)."""
     while True:
         try:
-            line = next(lines)
+            yield next(lines)
         except StopIteration:
             return
         except LineTooLong as e:
             yield _BadRow("line_too_long", str(e))
+
+
+def _jsonl_rows(lines: BoundedLines) -> Iterator[Any]:
+    for line in _lines(lines):
+        if isinstance(line, _BadRow):
+            yield line
             continue
         if not line.strip():
             continue
@@ -196,13 +203,9 @@ def _csv_header(lines: BoundedLines, spec: str) -> tuple[str, ...]:
 
 
 def _csv_rows(lines: BoundedLines, header: list[str]) -> Iterator[Any]:
-    while True:
-        try:
-            line = next(lines)
-        except StopIteration:
-            return
-        except LineTooLong as e:
-            yield _BadRow("line_too_long", str(e))
+    for line in _lines(lines):
+        if isinstance(line, _BadRow):
+            yield line
             continue
         if line.count('"') % 2:
             yield _BadRow("bad_row", "an unclosed quote: a quoted field holding a line break is not read (each "
