@@ -6,7 +6,8 @@ same data, same memory budget, same held-out queries, one run.
 
 Datasets: ``synthetic`` — seeded clustered vectors with an exact 64-d latent projected to ``--dim`` plus noise;
 ``minilm`` — real all-MiniLM-L6-v2 text embeddings (384-d, normalised) of docstring sentences found on this
-machine (``bench.text_corpus``; encoded once on the CPU and cached under ``--cache``). Both are written as Parquet
+machine (``bench.text_corpus``, ``--corpus stdlib`` or ``machine``; encoded once on the CPU and cached under
+``--cache``). Both are written as Parquet
 parts (our contract) and .npy parts (autofaiss's input); the held-out queries are NOT in the index; exact top-10
 ground truth by inner product.
 
