@@ -6,7 +6,8 @@ same data, same memory budget, same held-out queries, one run.
 
 Datasets: ``synthetic`` — seeded clustered vectors with an exact 64-d latent projected to ``--dim`` plus noise;
 ``minilm`` — real all-MiniLM-L6-v2 text embeddings (384-d, normalised) of docstring sentences found on this
-machine (``bench.text_corpus``; encoded once on the CPU and cached under ``--cache``). Both are written as Parquet
+machine (``bench.text_corpus``, ``--corpus stdlib`` or ``machine``; encoded once on the CPU and cached under
+``--cache``). Both are written as Parquet
 parts (our contract) and .npy parts (autofaiss's input); the held-out queries are NOT in the index; exact top-10
 ground truth by inner product.
 
@@ -82,14 +83,16 @@ def synthetic(out: Path, n: int, d: int, n_queries: int, seed: int, chunk: int =
     return f"{n:,} x {d} clustered, exact 64-d latent (seed {seed})"
 
 
-def minilm(out: Path, n: int, n_queries: int, seed: int, cache: Path, chunk: int = 100_000) -> str:
+def minilm(out: Path, n: int, n_queries: int, seed: int, cache: Path, sources: str, chunk: int = 100_000) -> str:
     from bench.text_corpus import embeddings, sentences
 
-    x, _ = embeddings(cache, n + n_queries, seed)
-    corpus = len(sentences(cache, seed))
+    x, _ = embeddings(cache, n + n_queries, seed, sources=sources)
+    corpus = len(sentences(cache, seed, sources))
+    drawn = {"stdlib": "standard-library docstring",
+             "machine": "docstring and document (stdlib, site-packages, /usr/share/doc)"}[sources]
     queries, base = x[:n_queries], x[n_queries:]   # the corpus is shuffled: the first sentences are held out
     write_parts(out, (base[s:s + chunk] for s in range(0, n, chunk)), queries, "all-MiniLM-L6-v2")
-    return (f"{n:,} x 384 all-MiniLM-L6-v2 embeddings of distinct standard-library docstring sentences "
+    return (f"{n:,} x 384 all-MiniLM-L6-v2 embeddings of distinct {drawn} sentences "
             f"(+{n_queries} held-out sentences as queries; {corpus:,} distinct sentences in the corpus)")
 
 
@@ -300,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="ours: stop raising nprobe at this recall (1.0: the best recall within --max-query-ms)")
     ap.add_argument("--workdir", default=None, help="keep data and indexes here (default: a temp dir, removed)")
     ap.add_argument("--cache", default="/tmp/bench-minilm", help="MiniLM corpus and embedding cache")
+    ap.add_argument("--corpus", choices=["stdlib", "machine"], default="stdlib",
+                    help="MiniLM sentences: stdlib docstrings (~24k) or all docstrings and docs here (~400k); "
+                         "one cache directory per corpus")
+    ap.add_argument("--hand-factories", default=None, metavar="F1;F2;...",
+                    help="hand-picked factories to sweep instead of the built-in sweep (large runs)")
     ap.add_argument("--autofaiss-python", default=None)
     ap.add_argument("--skip-autofaiss", action="store_true")
     ap.add_argument("--skip-hand", action="store_true")
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.dataset == "synthetic":
                 what = synthetic(data, args.n, args.dim, args.queries, args.seed)
             else:
-                what = minilm(data, args.n, args.queries, args.seed, Path(args.cache))
+                what = minilm(data, args.n, args.queries, args.seed, Path(args.cache), args.corpus)
             (work / "dataset.txt").write_text(what)
         what = (work / "dataset.txt").read_text()
         d = int(np.load(data / "queries.npy").shape[1])
@@ -372,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
             print("ours at autofaiss's p50:", json.dumps(rows[-1]), flush=True)
         sweep_rows: list[dict] = []
         if not args.skip_hand and not any(r["builder"] == "hand-picked" for r in reused):
-            sweep_rows = child(args, "hand", "--factories", ";".join(hand_configs(args.n, d)))
+            configs = args.hand_factories.split(";") if args.hand_factories else hand_configs(args.n, d)
+            sweep_rows = child(args, "hand", "--factories", ";".join(configs))
             fit = [r for r in sweep_rows if not r.get("over_budget")]
             if fit:
                 best = max(fit, key=lambda r: (r["recall@10"], -r["p50_ms_1t"]))
