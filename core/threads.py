@@ -1,4 +1,5 @@
-"""CPU threads per worker process: ``--workers N`` processes on one machine share its cores.
+"""CPU threads: each worker process's share when ``--workers N`` processes share one machine's cores, and
+FAISS's OpenMP thread count set for one block of work.
 
 torch sizes its intra-op pool to every core of the machine in each process, so N worker processes would run
 N x cores threads on those cores, and OpenMP threads spin when oversubscribed. Each worker
@@ -7,7 +8,9 @@ process calls ``share_cpu_threads`` in its model setup, before its first forward
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 
 def cpu_share(processes: int, cpus: int | None = None) -> int:
@@ -26,3 +29,16 @@ def share_cpu_threads(processes: int | None, cpus: int | None = None) -> int | N
     threads = cpu_share(processes, cpus)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextlib.contextmanager
+def faiss_threads(threads: int) -> Iterator[None]:
+    """FAISS's OpenMP threads set to ``threads`` inside, restored after (the setting is process-wide)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

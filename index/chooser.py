@@ -44,11 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from core.threads import faiss_threads
 from index.candidates import Candidate, candidates_for
 from index.errors import FactoryError
 from index.factory import FLAT_MAX, ID_BYTES, FactoryChoice, fmt_bytes, nlist_for
 from index.operating_points import RECALL_TOLERANCE
-from index.train import Sample, faiss_threads
+from index.train import Sample
 from index.trial import K, Measured, SampleSpace, build, candidate_train_size, sweep_into
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.threads import faiss_threads
+
 DEFAULT_MAX_QUERY_MS = 2.0      # batch 1 on one core: ~1/50 of an exact scan of 1M x 768 floats
 LATENCY_QUERIES = 200
 RECALL_TOLERANCE = 0.005        # "as good as the best" when within this much recall@k (the noise of ~1000 queries)
@@ -60,11 +62,7 @@ def set_nprobe(index, nprobe: int) -> int:
 
 def batch1_latency(index, queries: np.ndarray, k: int, threads: int = 1, warmup: int = 10) -> tuple[float, float]:
     """(p50, p99) milliseconds of one-query searches with ``threads`` OpenMP threads (restored afterwards)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
+    with faiss_threads(threads):
         x = np.ascontiguousarray(queries, np.float32)
         for i in range(min(warmup, len(x))):
             index.search(x[i:i + 1], k)
@@ -73,8 +71,6 @@ def batch1_latency(index, queries: np.ndarray, k: int, threads: int = 1, warmup:
             t0 = time.perf_counter()
             index.search(x[i:i + 1], k)
             times[i] = time.perf_counter() - t0
-    finally:
-        faiss.omp_set_num_threads(before)
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 

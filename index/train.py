@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from core.threads import faiss_threads
 from index.errors import FactoryError
 from index.source import EmbeddingSource, read_rows
 
@@ -119,19 +120,6 @@ def blas_distances(threshold: int = 20) -> Iterator[None]:
         yield
     finally:
         faiss.cvar.distance_compute_blas_threshold = before
-
-
-@contextlib.contextmanager
-def faiss_threads(threads: int) -> Iterator[None]:
-    """FAISS's OpenMP threads set to ``threads`` inside, restored after."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _limit_opq_training(index, niter: int, max_points: int) -> None:

@@ -14,18 +14,16 @@ from pathlib import Path
 import click.testing
 import pytest
 
+from core.threads import faiss_threads
+
 
 @pytest.fixture
 def one_faiss_thread():
     """OpenMP barriers spin under oversubscription on 2 shared cores (10x slower): FAISS gets one thread.
     Opt-in per module (``pytestmark``): the OpenMP setting is process-wide and would change torch's
     reduction order between a module-scoped fixture and its tests."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+    with faiss_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
