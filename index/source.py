@@ -8,7 +8,7 @@ footers are read to plan the work (row counts, row groups, schema); vectors are 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -215,15 +215,17 @@ def vectors(column: pa.Array | pa.ChunkedArray, dim: int | None = None, where: s
 READ_BATCH = 1_024  # rows decoded at a time by ``read_rows`` (a sample's reading transient: see ``UNIT_BATCH``)
 
 
-def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] = ("embedding",)) -> dict[str, Any]:
+def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] = ("embedding",), *,
+              through: Callable[[np.ndarray], np.ndarray] | None = None, width: int | None = None) -> dict[str, Any]:
     """Read the given global row numbers (any order) -> {"embedding": [n, d] float32, other columns: lists},
-    in the order given. Touches only the row groups that hold a requested row."""
+    in the order given. Touches only the row groups that hold a requested row. ``through`` maps each decoded
+    batch of embeddings to ``width`` columns before it is stored (a trained transform: only the output is held)."""
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     # embeddings go straight to their place in the output, one row group at a time: peak = output + one row
     # group (no take, concatenate or reorder copies: those made reading a 30 MB sample peak at 216 MB, measured)
-    emb = np.empty((len(rows), source.dim), np.float32) if "embedding" in columns else None
+    emb = np.empty((len(rows), width or source.dim), np.float32) if "embedding" in columns else None
     parts: dict[str, list[Any]] = {c: [] for c in columns if c != "embedding"}
     start = 0
     for f in source.files:
@@ -247,7 +249,7 @@ def read_rows(source: EmbeddingSource, rows: np.ndarray, columns: Sequence[str] 
                     for i, c in enumerate(columns):
                         if c == "embedding":
                             x = vectors(batch.column(i), source.dim, f"{f.url} row group {g}")
-                            emb[order[lo + mine[inside]]] = x[picked]
+                            emb[order[lo + mine[inside]]] = x[picked] if through is None else through(x[picked])
                         else:
                             parts[c].append(batch.column(i).take(pa.array(picked)).to_pylist())
         start += f.rows

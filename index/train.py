@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # on the shared 2-core build machine OPQ46_184,IVF512,PQ46np trained on 19k MiniLM rows in 119.5 s with 2 threads,
 # against 26.7 s for the same training on 16k rows with one (the chooser's). Larger samples are GEMM-bound k-means.
 ONE_THREAD_BELOW = 100_000
+# Rows a pre-transform (PCA, OPQ) trains on before the rest of a large training sample is read through it. 65k
+# rows are 85 per dimension at d=768 for a covariance, and the cap OPQ's own training already has (opq_points).
+PRETRAIN_ROWS = 65_536
 
 
 def draw_rows(n_total: int, n_train: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,27 +46,36 @@ class Sample:
 
 
 def can_train_from(sample: Sample, source: EmbeddingSource, n_train: int, n_queries: int) -> bool:
-    """Whether ``sample`` holds the ``n_train`` rows that ``training_sample`` would take (after the queries')."""
+    """Whether ``sample`` holds the ``n_train`` rows that training would take (after the held-out queries')."""
     n_total = source.rows
     q = min(n_queries, n_total // 2) if n_total > 1 else n_total
     return len(sample.rows) >= min(n_train, n_total - q)
 
 
-def training_sample(source: EmbeddingSource, n_train: int, n_queries: int, seed: int,
-                    reuse: Sample | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(training rows, disjoint held-out query rows, training vectors), seeded. With ``reuse`` (the chooser's
-    sample) holding enough rows, its prefix trains and nothing is read again: one sample in memory, not two
-    (the queries come from the other rows); otherwise ``draw_rows`` and a fresh read."""
+def train_index(factory: str, source: EmbeddingSource, n_train: int, n_queries: int, metric: str = "ip",
+                seed: int = 0, reuse: Sample | None = None):
+    """(trained empty index, training rows, disjoint held-out query rows), seeded. With ``reuse`` (the chooser's
+    sample) holding enough rows, its prefix trains and nothing is read again: one sample in memory, not two;
+    otherwise ``draw_rows`` and ``train_from_source``. A caller holding a ``reuse`` too small to train from
+    should drop it first (``can_train_from``): it would stay in memory beside the training rows."""
+    if reuse is not None and can_train_from(reuse, source, n_train, n_queries):
+        train_rows, query_rows, vectors = reused_sample(source, n_train, n_queries, seed, reuse)
+        return train_empty_index(factory, source.dim, vectors, metric, seed), train_rows, query_rows
+    train_rows, query_rows = draw_rows(source.rows, n_train, n_queries, seed)
+    return train_from_source(factory, source, train_rows, metric, seed), train_rows, query_rows
+
+
+def reused_sample(source: EmbeddingSource, n_train: int, n_queries: int, seed: int,
+                  reuse: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training rows, held-out query rows, training vectors) from the chooser's sample: its prefix (a view) and
+    seeded queries from the other rows."""
     n_total = source.rows
     q = min(n_queries, n_total // 2) if n_total > 1 else n_total
     n_train = min(n_train, n_total - q)
-    if reuse is not None and can_train_from(reuse, source, n_train, n_queries):
-        train_rows = reuse.rows[:n_train]
-        rest = np.setdiff1d(np.arange(n_total, dtype=np.int64), train_rows, assume_unique=True)
-        query_rows = np.sort(np.random.default_rng(seed).choice(rest, size=min(q, len(rest)), replace=False))
-        return train_rows, query_rows, reuse.vectors[:n_train]
-    train_rows, query_rows = draw_rows(n_total, n_train, n_queries, seed)
-    return train_rows, query_rows, sample_vectors(source, train_rows)
+    train_rows = reuse.rows[:n_train]
+    rest = np.setdiff1d(np.arange(n_total, dtype=np.int64), train_rows, assume_unique=True)
+    query_rows = np.sort(np.random.default_rng(seed).choice(rest, size=min(q, len(rest)), replace=False))
+    return train_rows, query_rows, reuse.vectors[:n_train]
 
 
 def metric_of(name: str) -> int:
@@ -80,6 +92,43 @@ def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "i
                       opq_niter: int = 8, opq_points: int = 65_536):
     """``faiss.index_factory`` + train on ``sample``; checks the result can hold ids and be merged across shards.
     An OPQ rotation trains with ``opq_niter`` alternations on at most ``opq_points`` rows."""
+    index = _new_index(factory, d, metric, seed, opq_niter, opq_points)
+    if not index.is_trained:
+        if len(sample) == 0:
+            raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
+        t0 = time.time()
+        with _training_threads(len(sample)):
+            train_in_blocks(index, np.ascontiguousarray(sample, dtype=np.float32))
+        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.time() - t0)
+    return _shardable(index, factory, d)
+
+
+def train_from_source(factory: str, source: EmbeddingSource, rows: np.ndarray, metric: str = "ip",
+                      seed: int = 0, *, pretrain_rows: int = PRETRAIN_ROWS):
+    """``train_empty_index`` on the given rows of ``source``, holding them at the width the index codes them at.
+    A pre-transform (PCA, OPQ) first trains on a seeded ``pretrain_rows`` of them, then every training row is
+    read through it: a 1M x 768 build to PCA88 holds its 262k training rows in 92 MB, not 805 MB. Other
+    factories, and samples of at most ``pretrain_rows``, are read as they are."""
+    import faiss
+
+    index = _new_index(factory, source.dim, metric, seed, 8, 65_536)
+    if index.is_trained or not isinstance(index, faiss.IndexPreTransform) or len(rows) <= pretrain_rows:
+        return train_empty_index(factory, source.dim, sample_vectors(source, rows), metric, seed)
+    t0 = time.time()
+    with _training_threads(len(rows)):
+        first = np.sort(np.random.default_rng(seed).choice(rows, size=pretrain_rows, replace=False))
+        train_transforms(index, sample_vectors(source, first), apply_last=False)
+        chain = [index.chain.at(i) for i in range(index.chain.size())]
+        reduced = read_rows(source, rows, ("embedding",), through=lambda x: _apply(chain, x),
+                            width=chain[-1].d_out)["embedding"]
+        index.index.train(reduced)
+        index.is_trained = index.index.is_trained
+    log.info("trained %s on %d vectors (its transforms on %d) in %.1fs", factory, len(rows), pretrain_rows,
+             time.time() - t0)
+    return _shardable(index, factory, source.dim)
+
+
+def _new_index(factory: str, d: int, metric: str, seed: int, opq_niter: int, opq_points: int):
     import faiss
 
     try:
@@ -91,16 +140,24 @@ def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "i
     if ivf is not None:
         ivf.cp.seed = seed
         ivf.cp.niter = max(ivf.cp.niter, 10)
-    if not index.is_trained:
-        if len(sample) == 0:
-            raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
-        t0 = time.time()
-        threads = 1 if len(sample) < ONE_THREAD_BELOW else faiss.omp_get_max_threads()
-        with blas_distances(), faiss_threads(threads):
-            train_in_blocks(index, np.ascontiguousarray(sample, dtype=np.float32))
-        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.time() - t0)
+    return index
+
+
+@contextlib.contextmanager
+def _training_threads(n: int) -> Iterator[None]:
+    """BLAS distances, and one FAISS thread for a sample under ``ONE_THREAD_BELOW`` rows (all of them above)."""
+    import faiss
+
+    with blas_distances(), faiss_threads(1 if n < ONE_THREAD_BELOW else faiss.omp_get_max_threads()):
+        yield
+
+
+def _shardable(index, factory: str, d: int):
+    """The trained index, without training-only state, once it is known to take ids and merge: every shard is a
+    clone of it, filled on its own and merged with its siblings."""
+    import faiss
+
     drop_pca_training_state(index)
-    # every shard is a clone of this index; it must take explicit ids and merge with its siblings
     a, b = faiss.clone_index(index), faiss.clone_index(index)
     try:
         probe = np.zeros((1, d), np.float32)
@@ -124,16 +181,31 @@ def train_in_blocks(index, x: np.ndarray, block: int = 16_384) -> None:
     if not isinstance(index, faiss.IndexPreTransform):
         index.train(x)
         return
-    for i in range(index.chain.size()):
+    index.index.train(train_transforms(index, x, block=block))
+    index.is_trained = index.index.is_trained
+
+
+def train_transforms(index, x: np.ndarray, *, block: int = 16_384, apply_last: bool = True) -> np.ndarray:
+    """Train an ``IndexPreTransform``'s untrained transforms in order, each on the previous one's output
+    (computed block by block); returns ``x`` through the whole chain (``apply_last``) or through all but the
+    last transform."""
+    n = index.chain.size()
+    for i in range(n):
         vt = index.chain.at(i)
         if not vt.is_trained:
             vt.train(x)
+        if i < n - 1 or apply_last:
+            x = _apply([vt], x, block)
+    return x
+
+
+def _apply(chain, x: np.ndarray, block: int = 16_384) -> np.ndarray:
+    for vt in chain:
         out = np.empty((len(x), vt.d_out), np.float32)
         for j in range(0, len(x), block):
             out[j:j + block] = vt.apply(x[j:j + block])
         x = out
-    index.index.train(x)
-    index.is_trained = index.index.is_trained
+    return x
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from index.selfcheck import SELFCHECK_K, groundtruth_url, run_selfcheck
 from index.settings import BuildSettings
 from index.shards import read_done, staging_dir
 from index.source import EmbeddingSource, WorkUnit, read_rows
-from index.train import Sample, can_train_from, train_empty_index, training_sample
+from index.train import Sample, can_train_from, train_index
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,13 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
             # (measured, 300k x 768: peak 996 -> 853 MB)
             chooser_sample = None
             release_freed()
-        train_rows, query_rows, sample = training_sample(source, choice.train_size, settings.selfcheck_queries,
-                                                         settings.seed, reuse=chooser_sample)
+        trained, train_rows, query_rows = train_index(choice.factory, source, choice.train_size,
+                                                      settings.selfcheck_queries, settings.metric, settings.seed,
+                                                      reuse=chooser_sample)
+        del chooser_sample
+        release_freed()  # the sample and training's work space, before the shard pipeline
         held_out = read_rows(source, query_rows, ("embedding", "image_id")) if len(query_rows) else None
         queries = held_out["embedding"] if held_out else np.zeros((0, d), np.float32)
-        timings["sample"] = time.time() - t0
-        t0 = time.time()
-        trained = train_empty_index(choice.factory, d, sample, settings.metric, settings.seed)
-        del sample, chooser_sample
-        release_freed()  # the sample and training's work space, before the shard pipeline
         trained_url = storage.join(vdir, "trained.index")
         trained_sha, trained_bytes = storage.write_index(trained, trained_url)
         timings["train"] = time.time() - t0

@@ -216,20 +216,22 @@ def test_candidates_that_cannot_win_are_pruned_unswept():
 def test_training_reuses_the_chooser_sample_when_it_is_large_enough(tmp_path):
     """One sample in memory for the choice and the training: the training rows are a prefix of the chooser's
     shuffled sample (its vectors a view, not a second read); the held-out queries are disjoint and seeded; a
-    training set larger than the sample is drawn and read afresh."""
+    training set larger than the sample is drawn afresh."""
     from index.source import EmbeddingSource, read_rows
-    from index.train import Sample, training_sample
+    from index.train import Sample, can_train_from, reused_sample, train_index
 
     x = isotropic(2000, 8, seed=8)
     write_embeddings(tmp_path / "a.parquet", x, row_group_size=300)
     source = EmbeddingSource.open([str(tmp_path / "a.parquet")])
     rows = np.random.default_rng(1).permutation(2000)[:1200]
     chooser_sample = Sample(rows, read_rows(source, rows)["embedding"])
-    train_rows, query_rows, vectors = training_sample(source, 1000, 300, seed=2, reuse=chooser_sample)
+    assert can_train_from(chooser_sample, source, 1000, 300) and not can_train_from(chooser_sample, source, 1500, 300)
+    train_rows, query_rows, vectors = reused_sample(source, 1000, 300, 2, chooser_sample)
     assert np.array_equal(train_rows, rows[:1000]) and np.shares_memory(vectors, chooser_sample.vectors)
     assert np.array_equal(vectors, x[train_rows])
     assert len(query_rows) == 300 and not set(query_rows) & set(train_rows)
-    assert np.array_equal(query_rows, training_sample(source, 1000, 300, seed=2, reuse=chooser_sample)[1])
-    big_rows, big_queries, big = training_sample(source, 1500, 300, seed=2, reuse=chooser_sample)
-    assert len(big_rows) == 1500 and not np.shares_memory(big, chooser_sample.vectors)
-    assert np.array_equal(big, x[big_rows]) and not set(big_queries) & set(big_rows)
+    assert np.array_equal(query_rows, reused_sample(source, 1000, 300, 2, chooser_sample)[1])
+    _, reused_rows, reused_queries = train_index("IVF8,Flat", source, 1000, 300, seed=2, reuse=chooser_sample)
+    assert np.array_equal(reused_rows, train_rows) and np.array_equal(reused_queries, query_rows)
+    _, big_rows, big_queries = train_index("IVF8,Flat", source, 1500, 300, seed=2, reuse=chooser_sample)
+    assert len(big_rows) == 1500 and not set(big_queries) & set(big_rows) and len(big_queries) == 300
