@@ -21,9 +21,14 @@ log = logging.getLogger(__name__)
 # on the shared 2-core build machine OPQ46_184,IVF512,PQ46np trained on 19k MiniLM rows in 119.5 s with 2 threads,
 # against 26.7 s for the same training on 16k rows with one (the chooser's). Larger samples are GEMM-bound k-means.
 ONE_THREAD_BELOW = 100_000
-# Rows a pre-transform (PCA, OPQ) trains on before the rest of a large training sample is read through it. 65k
-# rows are 85 per dimension at d=768 for a covariance, and the cap OPQ's own training already has (opq_points).
+# Rows a pre-transform (PCA, OPQ) trains on before the rest of a large training sample is read through it: 85 per
+# dimension at d=768 for a covariance.
 PRETRAIN_ROWS = 65_536
+# OPQ's training: alternations and rows (faiss: 50 and 256 x 2^nbits per sub-quantizer). Measured on MiniLM
+# 100k x 384, OPQ72_288,IVF1024,PQ72np at nprobe 256: 16k rows recall@10 0.8214 in 26 CPU s and +172 MB, 65k
+# rows 0.8219 in 55 CPU s and +336 MB; on 20k rows OPQ46_184,IVF256,PQ46np recalls 0.807 after 8 alternations
+# (17.6 s) and 0.804 after 20 (31.1 s). The chooser's candidates train the same way as the final build.
+OPQ_NITER, OPQ_POINTS = 8, 16_384
 
 
 def draw_rows(n_total: int, n_train: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +93,10 @@ def metric_of(name: str) -> int:
     raise ValueError(f"unknown metric {name!r} (ip or l2)")
 
 
-def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "ip", seed: int = 0, *,
-                      opq_niter: int = 8, opq_points: int = 65_536):
+def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "ip", seed: int = 0):
     """``faiss.index_factory`` + train on ``sample``; checks the result can hold ids and be merged across shards.
-    An OPQ rotation trains with ``opq_niter`` alternations on at most ``opq_points`` rows."""
-    index = _new_index(factory, d, metric, seed, opq_niter, opq_points)
+    An OPQ rotation trains with ``OPQ_NITER`` alternations on at most ``OPQ_POINTS`` rows."""
+    index = _new_index(factory, d, metric, seed)
     if not index.is_trained:
         if len(sample) == 0:
             raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
@@ -111,7 +115,7 @@ def train_from_source(factory: str, source: EmbeddingSource, rows: np.ndarray, m
     factories, and samples of at most ``pretrain_rows``, are read as they are."""
     import faiss
 
-    index = _new_index(factory, source.dim, metric, seed, 8, 65_536)
+    index = _new_index(factory, source.dim, metric, seed)
     if index.is_trained or not isinstance(index, faiss.IndexPreTransform) or len(rows) <= pretrain_rows:
         return train_empty_index(factory, source.dim, sample_vectors(source, rows), metric, seed)
     t0 = time.time()
@@ -128,14 +132,14 @@ def train_from_source(factory: str, source: EmbeddingSource, rows: np.ndarray, m
     return _shardable(index, factory, source.dim)
 
 
-def _new_index(factory: str, d: int, metric: str, seed: int, opq_niter: int, opq_points: int):
+def _new_index(factory: str, d: int, metric: str, seed: int):
     import faiss
 
     try:
         index = faiss.index_factory(d, factory, metric_of(metric))
     except RuntimeError as e:
         raise FactoryError(f"faiss cannot build factory {factory!r} for dim {d}: {e}") from e
-    _limit_opq_training(index, opq_niter, opq_points)
+    _limit_opq_training(index)
     ivf = _ivf_or_none(index)
     if ivf is not None:
         ivf.cp.seed = seed
@@ -225,9 +229,8 @@ def blas_distances(threshold: int = 20) -> Iterator[None]:
         faiss.cvar.distance_compute_blas_threshold = before
 
 
-def _limit_opq_training(index, niter: int, max_points: int) -> None:
-    """OPQ's defaults (50 alternations) dominate build time for no gain: on 20k MiniLM vectors
-    ``OPQ46_184,IVF256,PQ46np`` recalls 0.807 after 8 alternations (17.6 s) and 0.804 after 20 (31.1 s)."""
+def _limit_opq_training(index) -> None:
+    """OPQ's defaults dominate build time for no gain (``OPQ_NITER``, ``OPQ_POINTS``)."""
     import faiss
 
     if not isinstance(index, faiss.IndexPreTransform):
@@ -235,8 +238,8 @@ def _limit_opq_training(index, niter: int, max_points: int) -> None:
     for i in range(index.chain.size()):
         vt = faiss.downcast_VectorTransform(index.chain.at(i))
         if isinstance(vt, faiss.OPQMatrix):
-            vt.niter = min(vt.niter, niter)
-            vt.max_train_points = min(vt.max_train_points, max_points)
+            vt.niter = min(vt.niter, OPQ_NITER)
+            vt.max_train_points = min(vt.max_train_points, OPQ_POINTS)
 
 
 def drop_pca_training_state(index) -> None:

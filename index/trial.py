@@ -17,7 +17,6 @@ from index.train import blas_distances
 
 K = 10
 LATENCY_QUERIES = 100   # batch-1 searches per candidate point (the final index re-measures its curve on 200)
-OPQ_POINTS = 16_384     # the chooser's OPQ trains on fewer rows than the final build's (65,536)
 
 
 @dataclasses.dataclass
@@ -118,7 +117,7 @@ def build(c: Candidate, base: np.ndarray, queries: np.ndarray, truth: np.ndarray
     if space is not None and not c.transform.startswith("OPQ"):
         index = _train_on_space(c, factory, space, base[:train_n], metric)
     else:
-        index = train_empty_index(factory, d, base[:train_n], metric, seed, opq_points=OPQ_POINTS)
+        index = train_empty_index(factory, d, base[:train_n], metric, seed)
     train_s = time.process_time() - c0
     c1 = time.process_time()
     index.add_with_ids(base, np.arange(n, dtype=np.int64))
