@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         d = int(np.load(data / "queries.npy").shape[1])
         print(f"data: {what}; {args.queries} held-out queries; ready in {time.time() - t0:.0f}s; budget {budget}; "
               f"latency target {args.max_query_ms} ms; {os.cpu_count()} CPU cores", flush=True)
+        configs = args.hand_factories.split(";") if args.hand_factories else hand_configs(args.n, d)
+        if not args.skip_hand:
+            refuse_unbuildable(configs, d)  # before the builds: a typo must not cost the run
         rows = []
         shutil.rmtree(work / "ours", ignore_errors=True)
         rows.append(child(args, "ours"))
@@ -380,7 +383,6 @@ def main(argv: list[str] | None = None) -> None:
             print("ours at autofaiss's p50:", json.dumps(rows[-1]), flush=True)
         sweep_rows: list[dict] = []
         if not args.skip_hand and not any(r["builder"] == "hand-picked" for r in reused):
-            configs = args.hand_factories.split(";") if args.hand_factories else hand_configs(args.n, d)
             sweep_rows = child(args, "hand", "--factories", ";".join(configs))
             fit = [r for r in sweep_rows if not r.get("over_budget")]
             if fit:
@@ -392,6 +394,19 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def refuse_unbuildable(factories: list[str], d: int) -> None:
+    import faiss
+
+    bad = []
+    for f in factories:
+        try:
+            faiss.index_factory(d, f)
+        except RuntimeError as e:
+            bad.append(f"  {f}: {str(e).strip().splitlines()[-1]}")
+    if bad:
+        raise SystemExit(f"--hand-factories: faiss cannot build these for dim {d}:\n" + "\n".join(bad))
 
 
 def run_autofaiss(args: argparse.Namespace, data: Path, work: Path, budget: str) -> dict:
