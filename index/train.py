@@ -96,15 +96,7 @@ def metric_of(name: str) -> int:
 def train_empty_index(factory: str, d: int, sample: np.ndarray, metric: str = "ip", seed: int = 0):
     """``faiss.index_factory`` + train on ``sample``; checks the result can hold ids and be merged across shards.
     An OPQ rotation trains with ``OPQ_NITER`` alternations on at most ``OPQ_POINTS`` rows."""
-    index = _new_index(factory, d, metric, seed)
-    if not index.is_trained:
-        if len(sample) == 0:
-            raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
-        t0 = time.time()
-        with _training_threads(len(sample)):
-            train_in_blocks(index, np.ascontiguousarray(sample, dtype=np.float32))
-        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.time() - t0)
-    return _shardable(index, factory, d)
+    return _trained(_new_index(factory, d, metric, seed), factory, d, sample)
 
 
 def train_from_source(factory: str, source: EmbeddingSource, rows: np.ndarray, metric: str = "ip",
@@ -117,7 +109,7 @@ def train_from_source(factory: str, source: EmbeddingSource, rows: np.ndarray, m
 
     index = _new_index(factory, source.dim, metric, seed)
     if index.is_trained or not isinstance(index, faiss.IndexPreTransform) or len(rows) <= pretrain_rows:
-        return train_empty_index(factory, source.dim, sample_vectors(source, rows), metric, seed)
+        return _trained(index, factory, source.dim, sample_vectors(source, rows))
     t0 = time.time()
     with _training_threads(len(rows)):
         first = np.sort(np.random.default_rng(seed).choice(rows, size=pretrain_rows, replace=False))
@@ -145,6 +137,17 @@ def _new_index(factory: str, d: int, metric: str, seed: int):
         ivf.cp.seed = seed
         ivf.cp.niter = max(ivf.cp.niter, 10)
     return index
+
+
+def _trained(index, factory: str, d: int, sample: np.ndarray):
+    if not index.is_trained:
+        if len(sample) == 0:
+            raise FactoryError(f"factory {factory!r} needs training vectors but the sample is empty")
+        t0 = time.time()
+        with _training_threads(len(sample)):
+            train_in_blocks(index, np.ascontiguousarray(sample, dtype=np.float32))
+        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.time() - t0)
+    return _shardable(index, factory, d)
 
 
 @contextlib.contextmanager
