@@ -239,7 +239,7 @@ def choose_for_source(source, max_memory: int | None, max_query_ms: float, *, tr
                       echo: Callable[[str], None] | None = None) -> tuple[Choice, Sample]:
     """``choose`` on a seeded random sample of an ``EmbeddingSource`` (rows shuffled: a candidate trains on a
     prefix), with held-out queries drawn with it. Returns the sample too: the final training reuses it
-    (``index.train.training_sample``) rather than reading a second one."""
+    (``index.train.train_index``) when it holds enough rows, rather than reading a second one."""
     from index.source import read_rows
     from index.train import draw_rows
 

@@ -100,12 +100,6 @@ def build_index(inputs: Sequence[str] | str, output: str, settings: BuildSetting
 
     with discard_incomplete_version(output, version):  # a build that raises leaves no half-written version
         t0 = time.time()
-        if chooser_sample is not None and not can_train_from(chooser_sample, source, choice.train_size,
-                                                             settings.selfcheck_queries):
-            # too few rows to train from: freed before the larger sample is read, not held beside it
-            # (measured, 300k x 768: peak 996 -> 853 MB)
-            chooser_sample = None
-            release_freed()
         trained, train_rows, query_rows = train_index(choice.factory, source, choice.train_size,
                                                       settings.selfcheck_queries, settings.metric, settings.seed,
                                                       reuse=chooser_sample)
@@ -189,7 +183,7 @@ def run_shard_pipeline(units: list[WorkUnit], trained_url: str, vdir: str, n_sha
 def _choose(settings: BuildSettings, source: EmbeddingSource,
             say: Callable[[str], None]) -> tuple[FactoryChoice, int, Choice | None, Sample | None]:
     """The factory (auto: measured on a sample, ``index.chooser``, unless exact search fits) and the shard count,
-    with the reasons for both; and the chooser's record and sample when it ran."""
+    with the reasons for both; and the chooser's record and, when it can train the index, its sample."""
     n, d = source.rows, source.dim
     chooser = sample = None
     budget = parse_memory(settings.max_memory)
@@ -197,8 +191,12 @@ def _choose(settings: BuildSettings, source: EmbeddingSource,
         chooser, sample = choose_for_source(source, budget, settings.max_query_ms,
                                             train_per_list=settings.train_per_list, metric=settings.metric,
                                             seed=settings.seed, echo=say)
-        release_freed()  # the candidates' indexes and work space
         choice = chooser.factory
+        if not can_train_from(sample, source, choice.train_size, settings.selfcheck_queries):
+            # too few rows to train from: freed here, before the larger training sample is read, not held beside
+            # it (measured, 300k x 768: peak 996 -> 853 MB)
+            sample = None
+        release_freed()  # the candidates' indexes and work space
     elif settings.factory in (None, "", "auto"):
         choice = choose_factory(n, d, settings.max_memory, train_per_list=settings.train_per_list)
     else:

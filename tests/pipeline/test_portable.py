@@ -34,16 +34,6 @@ BROKEN = {"empty.jpg": "empty_file", "notes.jpg": "not_an_image"}
 
 
 @contextlib.contextmanager
-def working_directory(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-@contextlib.contextmanager
 def captured_warnings(name: str):
     """Warnings logged by logger ``name`` (the commands log, they do not print, their launch warnings)."""
     messages: list[str] = []
@@ -84,7 +74,7 @@ def in_process(corpus, ldot) -> Path:
 @pytest.fixture(scope="module")
 def portable(corpus, job_service, ldot) -> tuple[Path, list[str]]:
     """The same through PortableRunner, every path relative to the launcher's working directory."""
-    with working_directory(corpus), captured_warnings("pipeline.launch_checks") as warnings:
+    with contextlib.chdir(corpus), captured_warnings("pipeline.launch_checks") as warnings:
         result = ldot("index", "photos", "--output", "portable", "--checkpoint", "models/tiny.pt", *TINY,
                       *job_service.beam_args())
     assert result.exit_code == 0, result.output
@@ -152,7 +142,7 @@ def test_build_index_equals_the_in_process_build(corpus, portable, job_service, 
     result = ldot("build-index", str(out / "embeddings"), "--output", str(corpus / "index-in-process"),
                   "--shards", "2")
     assert result.exit_code == 0, result.output
-    with working_directory(corpus):
+    with contextlib.chdir(corpus):
         result = ldot("build-index", "portable/embeddings", "--output", "index-portable", "--shards", "2",
                       *job_service.beam_args())
     assert result.exit_code == 0, result.output
@@ -197,7 +187,7 @@ def test_nightly_counts_through_worker_processes(tmp_path, job_service, ldot):
     (corpus / "rocket.jpg").unlink()                                                    # dropped
     shutil.copyfile(DEMO_IMAGES / "chelsea.jpg", corpus / "coffee.jpg")                 # changed
     shutil.copyfile(DEMO_IMAGES / "retina.jpg", corpus / "retina.jpg")                  # new
-    with working_directory(tmp_path):
+    with contextlib.chdir(tmp_path):
         result = ldot("nightly", "corpus", "--work-dir", "work", "--index-root", "index", *TINY,
                       "--max-vanished-rate", "0.5", *job_service.beam_args())  # 1 of 3 dropped
     assert result.exit_code == 0, result.output
@@ -215,7 +205,7 @@ UNSEEN = "/proc/self/cwd/unseen"
 
 
 def test_workers_writing_where_the_launcher_cannot_see_do_not_reconcile(corpus, job_service, ldot):
-    with working_directory(corpus):  # its exit code: see the next test
+    with contextlib.chdir(corpus):  # its exit code: see the next test
         ldot("index", str(corpus / "photos"), "--output", UNSEEN, "--checkpoint", str(corpus / "models" / "tiny.pt"),
              *TINY, *job_service.beam_args())
     seen, written = corpus / "unseen", job_service.workdir / "unseen"
@@ -229,7 +219,7 @@ def test_workers_writing_where_the_launcher_cannot_see_do_not_reconcile(corpus, 
 
 
 def test_a_run_that_does_not_reconcile_exits_non_zero(corpus, job_service, ldot):
-    with working_directory(corpus):
+    with contextlib.chdir(corpus):
         result = ldot("index", str(corpus / "photos"), "--output", f"{UNSEEN}-cli", "--checkpoint",
                       str(corpus / "models" / "tiny.pt"), *TINY, *job_service.beam_args())
     assert result.exit_code == 1 and "counts do not reconcile: 9 input(s) listed" in result.output
