@@ -160,14 +160,11 @@ def match_state_dict(
     return dict(state)
 
 
-def load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
-                 **match: Any) -> dict[str, torch.Tensor]:
-    """Load ``state`` into ``model`` after ``match_state_dict(state, model's, source, **match)``; returns what was
-    loaded. Strictness is enforced (with names) by the match, so the load itself is not strict: the optional keys
-    the match allows may be absent."""
-    checked = match_state_dict(state, model.state_dict(), source, **match)
-    model.load_state_dict(checked, strict=False)
-    return checked
+def load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, **match: Any) -> None:
+    """Load ``state`` into ``model`` after ``match_state_dict(state, model's, source, **match)``. Strictness is
+    enforced (with names) by the match, so the load itself is not strict: the optional keys the match allows may
+    be absent."""
+    model.load_state_dict(match_state_dict(state, model.state_dict(), source, **match), strict=False)
 
 
 def tensors_fingerprint(config: Mapping[str, Any], state: Mapping[str, torch.Tensor],

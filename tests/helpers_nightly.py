@@ -29,6 +29,13 @@ def copy_demo_photos(folder: Path, *names: str, **renamed: str) -> None:
         shutil.copyfile(DEMO_IMAGES / renamed.get(name, name), folder / name)
 
 
+def live(root: Path) -> str | None:
+    """The live version of the nightly index under ``root``."""
+    from index import layout
+
+    return layout.read_current(str(root / "index"))
+
+
 def live_vectors(root: Path) -> dict[str, np.ndarray]:
     """image_id -> vector of the live version, opened the way a server does (checksums verified)."""
     import faiss

@@ -21,7 +21,7 @@ from core.errors import EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK, EXIT_RECALL_GU
 from index import layout
 from pipeline import nightly
 from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live_vectors, settings
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live, live_vectors, settings
 from tests.helpers_pipeline import TINY_ENCODER
 
 FIRST = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
@@ -41,10 +41,6 @@ def change_corpus(root: Path) -> None:
     (root / "corpus" / "rocket.jpg").unlink()
     put(root, "coffee.jpg", "chelsea.jpg")
     put(root, "retina.jpg")
-
-
-def live(root: Path) -> str | None:
-    return layout.read_current(str(root / "index"))
 
 
 def report_of(root: Path, run_id: str) -> dict:

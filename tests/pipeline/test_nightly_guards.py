@@ -19,7 +19,7 @@ import yaml
 from core.errors import EXIT_ERROR, EXIT_FAILURE_GUARD, EXIT_LOCKED, EXIT_OK
 from index import layout
 from pipeline.nightly import NightlyConfig, RunLock, WorkDir, base_snapshot, run_nightly
-from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live_vectors, settings
+from tests.helpers_nightly import REPO, assert_same_index, cli_env, copy_demo_photos, live, live_vectors, settings
 from tests.helpers_pipeline import DEMO_IMAGES
 
 A = ("astronaut.jpg", "coffee.jpg", "rocket.jpg")
@@ -32,10 +32,6 @@ def two_inputs(root: Path, **over) -> dict:
 
 def run(root: Path, clock=None, **over) -> tuple[int, dict]:
     return run_nightly(NightlyConfig(**two_inputs(root, **over)), clock=clock)
-
-
-def live(root: Path) -> str | None:
-    return layout.read_current(str(root / "index"))
 
 
 @pytest.fixture(scope="module")

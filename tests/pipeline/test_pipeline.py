@@ -186,9 +186,10 @@ def test_alpha_option_reaches_the_decoder(tmp_path):
 def test_every_dofn_pickles_with_beams_pickler(demo_run):
     job, _, _ = demo_run
     from transforms.decoding import DecodeImages
+    from transforms.duplicates import KeepFirstPerId
     from transforms.embedding import EmbeddingRows, EmbedRegions
     from transforms.embedding_handler import EmbeddingModelHandler
-    from transforms.listing import ExpandInputs, KeepFirstPerId
+    from transforms.listing import ExpandInputs
     from transforms.progress import EMBEDDED, CountProgress
     from transforms.reading import ReadImageBytes
     from transforms.region_handler import RegionModelHandler

@@ -10,7 +10,6 @@ Modules: ``common`` (the rows listing yields), ``walk`` (the hostile-input-safe 
 rows), ``stages`` (the Beam transforms).
 """
 
-from transforms.duplicates import KeepFirstPerId
 from transforms.listing.common import MANIFEST_EXTENSIONS, Listed, ListError, info_stamp
 from transforms.listing.expand import expand_input, is_manifest
 from transforms.listing.fanout import FANOUT, Prefix, list_prefix, split_input
@@ -23,7 +22,6 @@ __all__ = [
            "MAX_MANIFEST_LINE",
            "SPLIT_BYTES",
            "ExpandInputs",
-           "KeepFirstPerId",
            "ListError",
            "ListImages",
            "ListPart",
